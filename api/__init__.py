@@ -1,0 +1,1 @@
+"""The HTTP API: thin Flask + flask-smorest views over shared/ domain functions."""

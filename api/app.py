@@ -1,0 +1,61 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from api import context, health
+from api.errors import register_error_handlers
+from api.uploads.resources import blp as uploads_blp
+from shared.auth import TokenVerifier
+from shared.config import Settings, get_settings
+from shared.observability import configure_logging, init_sentry
+from shared.quota import QuotaService
+from shared.services import Services
+
+API_CONFIG: dict[str, Any] = {
+    "API_TITLE": "Hairfluencer API",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "/docs",
+    # Served from the app's own static files would need a build step; the
+    # Swagger UI bundle is loaded by the browser of whoever opens /docs.
+    "OPENAPI_SWAGGER_UI_URL": "https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+    "API_SPEC_OPTIONS": {
+        "components": {"securitySchemes": {
+            "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+        "security": [{"bearerAuth": []}],
+    },
+}
+
+
+def create_app(settings: Settings | None = None, svc: Services | None = None,
+               quotas: QuotaService | None = None, *, configure_logs: bool = True) -> Flask:
+    settings = settings or get_settings()
+    if configure_logs:
+        configure_logging(settings.log_level)
+        from sentry_sdk.integrations.flask import FlaskIntegration
+
+        init_sentry(settings.sentry_dsn, settings.env, [FlaskIntegration()])
+    app = Flask(__name__)
+    app.config.update(API_CONFIG)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # JSON bodies only; images go to S3
+    if settings.trusted_proxy_count:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
+    app.extensions["hairfluencer"] = svc or Services.from_settings(settings)
+    app.extensions["hairfluencer.quotas"] = quotas or QuotaService(
+        settings.redis_url, presign_daily=settings.presign_daily_quota,
+        user_rate=settings.user_rate, ip_rate=settings.ip_rate)
+
+    api = Api(app)
+    api.register_blueprint(uploads_blp)
+    app.register_blueprint(health.blp)
+    context.install(app, TokenVerifier(settings), app.extensions["hairfluencer.quotas"])
+    register_error_handlers(app)
+    return app

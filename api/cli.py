@@ -1,0 +1,68 @@
+"""The `hairfluencer` command.
+
+Operations commands live here; development-only commands (`dev`, `try-on`) are
+plugged in through the `hairfluencer.commands` entry-point group, so production
+code never imports devstack/.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import click
+
+from shared.config import ENV_VARS, get_settings
+
+
+@click.group()
+def main() -> None:
+    """Hairfluencer backend."""
+
+
+@main.command()
+def migrate() -> None:
+    """Apply database migrations (Alembic) up to the newest."""
+    from shared.migrate import upgrade
+
+    upgrade(get_settings().database_url)
+    click.echo("database is at the newest migration")
+
+
+@main.command("setup-storage")
+@click.option("--create/--no-create", default=True, help="Create missing buckets.")
+def setup_storage(create: bool) -> None:
+    """Create/harden the buckets: private, encrypted, TLS-only, CORS, lifecycle."""
+    from shared.storage_setup import apply
+
+    for line in apply(get_settings(), create=create):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("user_id")
+@click.option("--ttl", default=7 * 24 * 3600, show_default=True, help="Lifetime in seconds.")
+def token(user_id: str, ttl: int) -> None:
+    """Print a development token for USER_ID (HS256; refused in production)."""
+    from shared.auth import issue_dev_token
+
+    settings = get_settings()
+    if settings.is_production:
+        raise click.ClickException("development tokens are refused in production")
+    click.echo(issue_dev_token(settings, user_id, ttl))
+
+
+@main.command("env-table")
+def env_table() -> None:
+    """Print the environment-variable table (Markdown) for the README."""
+    click.echo("| variable | default | meaning |\n| --- | --- | --- |")
+    for name, default, doc in ENV_VARS:
+        shown = default if len(default) < 40 else "(see meaning)"
+        click.echo(f"| `{name}` | `{shown}` | {doc} |")
+
+
+for _ep in entry_points(group="hairfluencer.commands"):
+    try:
+        main.add_command(_ep.load(), _ep.name)
+    except ImportError:
+        # A production install without the devstack package: no dev commands.
+        continue

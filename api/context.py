@@ -1,0 +1,74 @@
+"""Per-request concerns: correlation id, client IP, rate limits and the caller.
+
+Authentication is a before_request hook for every /v1 route but the fal webhook,
+so no view can forget it; views read the caller with `current_user_id()`.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, current_app, g, request
+
+from shared.auth import TokenError, TokenVerifier
+from shared.errors import AppError
+from shared.observability import (
+    accept_or_make_correlation_id,
+    reset_correlation_id,
+    set_correlation_id,
+)
+from shared.quota import QuotaService
+from shared.services import Services
+
+PUBLIC_PREFIXES = ("/v1/webhooks/",)
+
+
+def current_user_id() -> str:
+    return str(g.user_id)
+
+
+def install(app: Flask, verifier: TokenVerifier, quotas: QuotaService) -> None:
+    @app.before_request
+    def _begin() -> None:
+        g.correlation_id = accept_or_make_correlation_id(request.headers.get("X-Request-ID"))
+        g.correlation_token = set_correlation_id(g.correlation_id)
+        if not request.path.startswith("/v1/"):
+            return
+        ip = request.remote_addr or "unknown"  # ProxyFix has applied X-Forwarded-For
+        quotas.check_request_rate(None, ip)
+        if request.path.startswith(PUBLIC_PREFIXES):
+            return
+        g.user_id = _authenticate(verifier)
+        quotas.check_request_rate(g.user_id, ip)
+
+    @app.after_request
+    def _end(response: Response) -> Response:
+        response.headers["X-Request-ID"] = g.get("correlation_id", "")
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.teardown_request
+    def _teardown(_exc: BaseException | None) -> None:
+        token = g.pop("correlation_token", None)
+        if token is not None:
+            reset_correlation_id(token)
+
+
+def _authenticate(verifier: TokenVerifier) -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if not header:
+        raise AppError("auth.missing_token")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AppError("auth.invalid_token")
+    try:
+        return verifier.verify(token.strip()).user_id
+    except TokenError as exc:
+        raise AppError(exc.code) from None
+
+
+def services() -> Services:
+    """The Services this app was built with."""
+    return current_app.extensions["hairfluencer"]  # type: ignore[no-any-return]
+
+
+def quotas() -> QuotaService:
+    return current_app.extensions["hairfluencer.quotas"]  # type: ignore[no-any-return]

@@ -1,0 +1,89 @@
+"""The one place where failures become HTTP responses.
+
+Every error body is `{"error": {code, messageKey, message, retriable,
+correlationId}}`, localized; never a stack trace, a signed URL or a bucket name.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from redis.exceptions import RedisError
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from shared import metrics
+from shared.errors import ERROR_KINDS, AppError
+from shared.i18n import message_key, normalize_locale, translate
+from shared.storage import StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {401: "auth.missing_token", 404: "request.not_found",
+               405: "request.method_not_allowed", 413: "upload.too_large",
+               415: "upload.unsupported_type", 422: "request.invalid",
+               400: "request.invalid"}
+
+
+def request_locale() -> str:
+    """The request's `locale` field, else Accept-Language, else English."""
+    explicit = request.args.get("locale")
+    if explicit is None and request.is_json:
+        body = request.get_json(silent=True)
+        if isinstance(body, dict) and isinstance(body.get("locale"), str):
+            explicit = body["locale"]
+    return (normalize_locale(explicit)
+            or request.accept_languages.best_match(["en", "es"]) or "en")
+
+
+def error_object(code: str, locale: str) -> dict[str, Any]:
+    """The inner error object (also used for an upload's `rejection`)."""
+    kind = ERROR_KINDS.get(code)
+    return {"code": code, "messageKey": message_key(code), "message": translate(code, locale),
+            "retriable": bool(kind and kind.retriable)}
+
+
+def error_response(code: str, status: int | None = None, *, retry_after: int | None = None,
+                   details: Any = None) -> Response:
+    body = error_object(code, request_locale())
+    body["correlationId"] = g.get("correlation_id")
+    if details is not None:
+        body["details"] = details
+    response = jsonify({"error": body})
+    response.status_code = status or ERROR_KINDS[code].status
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    metrics.API_ERRORS.labels(code=code).inc()
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(AppError)
+    def _app_error(exc: AppError) -> Response:
+        if exc.detail:
+            log.info("request failed: %s (%s)", exc.code, exc.detail)
+        return error_response(exc.code, retry_after=exc.retry_after)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "internal.error" if status >= 500 else "request.invalid")
+        details = None
+        data = getattr(exc, "data", None)
+        if isinstance(data, dict) and "messages" in data:
+            details = data["messages"]  # webargs field errors: names, not values
+        return error_response(code, status, details=details)
+
+    @app.errorhandler(StorageUnavailable)
+    @app.errorhandler(RedisError)
+    @app.errorhandler(OperationalError)
+    def _dependency_down(exc: Exception) -> Response:
+        log.warning("dependency unavailable: %s", type(exc).__name__)
+        return error_response("service.unavailable", retry_after=5)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response("internal.error")

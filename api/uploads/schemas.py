@@ -1,0 +1,84 @@
+"""Wire shapes of the uploads resource (SPEC §3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import fields, validate
+
+from api.schemas import BaseSchema, PageArgsSchema
+from shared.keys import EXTENSIONS
+
+
+class PresignRequestSchema(BaseSchema):
+    # Type and size are checked in the domain so that they answer 415/413
+    # rather than a generic 422.
+    contentType = fields.String(required=True, validate=validate.Length(max=100))  # noqa: N815
+    contentLength = fields.Integer(required=True, strict=True)  # noqa: N815
+    checksum = fields.String(load_default=None, validate=validate.Length(max=64))
+    locale = fields.String(load_default=None, validate=validate.Length(max=16))
+
+
+class PresignResponseSchema(BaseSchema):
+    uploadId = fields.String(required=True)  # noqa: N815
+    key = fields.String(required=True)
+    uploadUrl = fields.String(required=True)  # noqa: N815
+    method = fields.String(required=True)
+    headers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    expiresAt = fields.DateTime(required=True)  # noqa: N815
+    maxBytes = fields.Integer(required=True)  # noqa: N815
+
+
+class ConfirmMetadataSchema(BaseSchema):
+    width = fields.Integer(load_default=None, validate=validate.Range(min=1, max=100_000))
+    height = fields.Integer(load_default=None, validate=validate.Range(min=1, max=100_000))
+
+
+class ConfirmRequestSchema(BaseSchema):
+    key = fields.String(required=True, validate=validate.Length(min=1, max=255))
+    eTag = fields.String(load_default=None, validate=validate.Length(max=200))  # noqa: N815
+    metadata = fields.Nested(ConfirmMetadataSchema, load_default=dict)
+    locale = fields.String(load_default=None, validate=validate.Length(max=16))
+
+
+class RejectionSchema(BaseSchema):
+    code = fields.String(required=True)
+    messageKey = fields.String(required=True)  # noqa: N815
+    message = fields.String(required=True)
+
+
+class UploadSchema(BaseSchema):
+    uploadId = fields.String(required=True)  # noqa: N815
+    key = fields.String(required=True)
+    status = fields.String(required=True)
+    contentType = fields.String(required=True)  # noqa: N815
+    sizeBytes = fields.Integer(required=True)  # noqa: N815
+    width = fields.Integer(allow_none=True)
+    height = fields.Integer(allow_none=True)
+    createdAt = fields.DateTime(required=True)  # noqa: N815
+    deleteAfter = fields.DateTime(required=True)  # noqa: N815
+    rejection = fields.Nested(RejectionSchema, allow_none=True)
+
+
+class UploadListSchema(BaseSchema):
+    items = fields.List(fields.Nested(UploadSchema), required=True)
+    nextCursor = fields.String(allow_none=True)  # noqa: N815
+
+
+class UploadListArgsSchema(PageArgsSchema):
+    status = fields.String(load_default=None, validate=validate.OneOf(
+        ["pending", "validating", "ready", "rejected", "expired", "deleted"]))
+
+
+def supported_types() -> list[str]:
+    return sorted(EXTENSIONS)
+
+
+def upload_view(upload: Any, rejection: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "uploadId": upload.id, "key": upload.key, "status": upload.status,
+        "contentType": upload.content_type,
+        "sizeBytes": upload.size_bytes if upload.size_bytes is not None else upload.declared_size,
+        "width": upload.width, "height": upload.height, "createdAt": upload.created_at,
+        "deleteAfter": upload.delete_after, "rejection": rejection,
+    }

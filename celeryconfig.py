@@ -1,0 +1,45 @@
+"""Celery settings (read by shared/queue.py). JSON only: no pickle ever crosses
+the broker. Values that differ per deployment come from shared.config."""
+
+from shared.config import get_settings
+
+_settings = get_settings()
+
+broker_url = _settings.celery_broker_url
+result_backend = None
+task_ignore_result = True
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+event_serializer = "json"
+timezone = "UTC"
+enable_utc = True
+
+# A task is acknowledged after it ran, so a worker that dies mid-task hands it
+# back; every task is idempotent by the state it checks first.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+# Redis redelivers unacknowledged messages after this long: longer than any task.
+broker_transport_options = {"visibility_timeout": 3600}
+broker_connection_retry_on_startup = True
+broker_connection_timeout = 2
+task_default_queue = "default"
+task_routes = {"uploads.*": {"queue": "uploads"}, "maintenance.*": {"queue": "maintenance"}}
+worker_send_task_events = True
+task_send_sent_event = True
+worker_hijack_root_logger = False
+
+_every = float(_settings.beat_interval_seconds)
+# `expires`: a beat entry that could not run in its own period is dropped, not
+# piled up behind a stalled worker.
+beat_schedule = {
+    "resend-stale-validations": {"task": "maintenance.resend_stale_validations",
+                                 "schedule": _every, "options": {"expires": _every}},
+    "purge-raw-uploads": {"task": "maintenance.purge_raw_uploads",
+                          "schedule": _every, "options": {"expires": _every}},
+    "upload-retention": {"task": "maintenance.upload_retention",
+                         "schedule": _every * 5, "options": {"expires": _every * 5}},
+    "remove-orphans": {"task": "maintenance.remove_orphans",
+                       "schedule": _every * 15, "options": {"expires": _every * 15}},
+}

@@ -1,0 +1,1 @@
+"""Development-only helpers that start local stand-ins for the production services."""

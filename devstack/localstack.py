@@ -1,0 +1,376 @@
+"""A local S3 endpoint that, unlike moto, verifies presigned-URL signatures and expiry.
+
+LocalStack runs in host mode (no Docker) from a virtual environment of its own: it is a
+server the development stack starts, not a library of the application, and its pins
+conflict with nothing only as long as it stays out of the main environment.
+The team note "s3-endpoint-that-checks-signatures.md" records the measurements behind
+every pin and environment variable below.
+
+Usage: ``python -m devstack.localstack [--port N] [--data-dir DIR] [--prefer moto]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import http.client
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Self
+
+from devstack.procs import ManagedProcess, free_port, tail, wait_until
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEVSTACK_DIR = REPO_ROOT / ".devstack"
+DEFAULT_VENV_DIR = DEVSTACK_DIR / "localstack-venv"
+DEFAULT_DATA_DIR = DEVSTACK_DIR / "localstack-data"
+DEFAULT_MOTO_DATA_DIR = DEVSTACK_DIR / "moto-data"
+
+# LocalStack checks every presigned URL against the secret "test", whatever the access
+# key; clients of this endpoint must therefore use exactly these credentials.
+ACCESS_KEY_ID = "test"
+SECRET_ACCESS_KEY = "test"
+REGION = "us-east-1"
+
+# 4.13.1 is the newest release that runs on Python 3.11; the other pins repair its
+# dependency metadata (see the note for the failure each one prevents).
+LOCALSTACK_PINS: tuple[str, ...] = (
+    "localstack-core[base-runtime]==4.13.1",
+    "cbor2<6",
+    "pyopenssl==25.3.0",
+    "cryptography>=45.0.7,<47",
+    "service-identity",
+)
+MARKER_NAME = ".devstack-pins"
+
+START_TIMEOUT = 60.0
+INSTALL_TIMEOUT = 900.0
+
+# Only these variables of the caller reach LocalStack: it reads hundreds of settings
+# from the environment (DEBUG, PERSISTENCE, LOCALSTACK_*, ...), and one inherited by
+# accident could silently switch signature checks off.
+_INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME")
+
+
+class S3LaunchError(RuntimeError):
+    """LocalStack (or moto) could not be installed or did not become ready."""
+
+
+# --------------------------------------------------------------------------- install
+
+
+def _marker_text() -> str:
+    # The interpreter version is part of the marker: a venv made by another Python
+    # must be rebuilt, not patched.
+    header = f"python {sys.version_info.major}.{sys.version_info.minor}"
+    return "\n".join((header, *LOCALSTACK_PINS)) + "\n"
+
+
+def _venv_python(venv_dir: Path) -> Path:
+    return venv_dir / "bin" / "python"
+
+
+def is_installed(venv_dir: Path = DEFAULT_VENV_DIR) -> bool:
+    """True when venv_dir holds exactly the pinned LocalStack installation."""
+    marker = venv_dir / MARKER_NAME
+    try:
+        return _venv_python(venv_dir).exists() and marker.read_text() == _marker_text()
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def _install_lock(venv_dir: Path) -> Iterator[None]:
+    # Parallel test sessions (or `hairfluencer dev` next to pytest) may install at the
+    # same time; two pips writing one venv corrupt it.
+    venv_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = venv_dir.parent / f"{venv_dir.name}.lock"
+    with lock_path.open("w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _run_logged(args: list[str], log_path: Path) -> None:
+    with log_path.open("ab") as log_file:
+        result = subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            timeout=INSTALL_TIMEOUT,
+            check=False,
+        )
+    if result.returncode != 0:
+        raise S3LaunchError(
+            f"{' '.join(args[:4])} ... failed with exit code {result.returncode}; "
+            f"last lines of {log_path}:\n{tail(log_path)}"
+        )
+
+
+def ensure_installed(venv_dir: Path = DEFAULT_VENV_DIR) -> Path:
+    """Create/update the LocalStack venv at venv_dir and return its python.
+
+    Fast (one file read) when the marker shows the current pins are installed.
+    """
+    python = _venv_python(venv_dir)
+    if is_installed(venv_dir):
+        return python
+    with _install_lock(venv_dir):
+        if is_installed(venv_dir):  # another process finished while we waited
+            return python
+        started = time.monotonic()
+        log.info("installing LocalStack into %s (about 30 s the first time)", venv_dir)
+        venv_dir.mkdir(parents=True, exist_ok=True)
+        install_log = venv_dir / "install.log"
+        (venv_dir / MARKER_NAME).unlink(missing_ok=True)
+        if not python.exists():
+            _run_logged([sys.executable, "-m", "venv", str(venv_dir)], install_log)
+        _run_logged(
+            [str(python), "-m", "pip", "install", "--disable-pip-version-check",
+             "--no-input", *LOCALSTACK_PINS],
+            install_log,
+        )
+        (venv_dir / MARKER_NAME).write_text(_marker_text())
+        log.info("LocalStack installed in %.1f s", time.monotonic() - started)
+    return python
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def _http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    # http.client rather than urllib/httpx: those honour HTTP(S)_PROXY variables, and a
+    # proxy must never sit between the stack and its loopback servers.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _s3_running(port: int) -> bool:
+    status, body = _http_get(port, "/_localstack/health")
+    return status == 200 and json.loads(body).get("services", {}).get("s3") == "running"
+
+
+def _answers_http(port: int) -> bool:
+    status, _ = _http_get(port, "/")
+    return status > 0
+
+
+class _S3Server:
+    """Common part of both S3 launchers: one process, one port, one endpoint URL."""
+
+    name = "s3"
+    verifies_signatures = False
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self.process: ManagedProcess | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self.port is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    def client_kwargs(self) -> dict[str, str]:
+        """Keyword arguments for boto3.client("s3", ...) that reach this endpoint."""
+        return {
+            "endpoint_url": self.endpoint_url,
+            "aws_access_key_id": ACCESS_KEY_ID,
+            "aws_secret_access_key": SECRET_ACCESS_KEY,
+            "region_name": REGION,
+        }
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def _launch(self, process: ManagedProcess, ready: Callable[[], bool], timeout: float) -> None:
+        self.process = process.start()
+        started = time.monotonic()
+        if not wait_until(ready, timeout, interval=0.2, abort=lambda: not process.alive()):
+            code = process.returncode
+            process.stop()
+            state = f"exited with code {code}" if code is not None else f"not ready in {timeout:.0f} s"
+            raise S3LaunchError(
+                f"{self.name} {state}; last lines of {process.log_path}:\n{process.log_tail()}"
+            )
+        log.info("%s ready at %s in %.1f s", self.name, self.endpoint_url,
+                 time.monotonic() - started)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        url = self.endpoint_url if self.port else "not started"
+        return f"<{type(self).__name__} {url}>"
+
+
+def localstack_env(port: int, data_dir: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment LocalStack needs to check signatures and stay inside data_dir."""
+    base = os.environ if base is None else base
+    env = {key: base[key] for key in _INHERITED_ENV if key in base}
+    env.update(
+        S3_SKIP_SIGNATURE_VALIDATION="0",  # LocalStack's default is to skip the checks
+        SERVICES="s3",
+        EAGER_SERVICE_LOADING="1",
+        GATEWAY_LISTEN=f"127.0.0.1:{port}",
+        # The default server binds 0.0.0.0 whatever GATEWAY_LISTEN says.
+        GATEWAY_SERVER="hypercorn",
+        # This machine has /.dockerenv; without the override LocalStack would write to
+        # /var/lib/localstack.
+        OVERRIDE_IN_DOCKER="0",
+        FILESYSTEM_ROOT=str(data_dir / "filesystem"),
+        LOCALSTACK_VOLUME_DIR=str(data_dir / "volume"),
+        SKIP_SSL_CERT_DOWNLOAD="1",
+        DISABLE_EVENTS="1",
+        DNS_ADDRESS="0",
+        PERSISTENCE="0",
+        PYTHONUNBUFFERED="1",  # the log must be complete when we show its tail
+    )
+    return env
+
+
+class LocalStackS3(_S3Server):
+    """LocalStack S3 in host mode; verifies presigned signatures, expiry and checksums."""
+
+    name = "LocalStack S3"
+    verifies_signatures = True
+
+    def __init__(self, venv_dir: Path = DEFAULT_VENV_DIR) -> None:
+        super().__init__()
+        self.venv_dir = venv_dir
+
+    def start(self, port: int | None = None, data_dir: Path = DEFAULT_DATA_DIR,
+              timeout: float = START_TIMEOUT) -> Self:
+        python = _venv_python(self.venv_dir)
+        if not is_installed(self.venv_dir):
+            raise S3LaunchError(f"LocalStack is not installed in {self.venv_dir}; "
+                                "call ensure_installed() first")
+        self.port = port or free_port()
+        for sub in ("filesystem", "volume"):
+            (data_dir / sub).mkdir(parents=True, exist_ok=True)
+        process = ManagedProcess(
+            [str(python), "-m", "localstack.runtime.main"],
+            data_dir / "localstack.log",
+            env=localstack_env(self.port, data_dir),
+            cwd=data_dir,
+            name=self.name,
+        )
+        port_ = self.port
+        self._launch(process, lambda: _s3_running(port_), timeout)
+        return self
+
+
+class MotoS3(_S3Server):
+    """moto's S3 server: a fallback only, it accepts tampered and expired URLs."""
+
+    name = "moto S3"
+    verifies_signatures = False
+
+    def start(self, port: int | None = None, data_dir: Path = DEFAULT_MOTO_DATA_DIR,
+              timeout: float = START_TIMEOUT) -> Self:
+        log.warning(
+            "Using moto as the S3 endpoint: moto does NOT check presigned-URL signatures "
+            "or expiry, so uploads that production S3 would refuse (wrong Content-Type, "
+            "wrong length, extra headers, expired URLs) succeed here."
+        )
+        self.port = port or free_port()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
+        env["PYTHONUNBUFFERED"] = "1"
+        process = ManagedProcess(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            data_dir / "moto.log",
+            env=env,
+            cwd=data_dir,
+            name=self.name,
+        )
+        port_ = self.port
+        self._launch(process, lambda: _answers_http(port_), timeout)
+        return self
+
+
+def start_s3(
+    prefer: Literal["localstack", "moto"] = "localstack",
+    data_dir: Path = DEVSTACK_DIR,
+    port: int | None = None,
+    venv_dir: Path = DEFAULT_VENV_DIR,
+) -> LocalStackS3 | MotoS3:
+    """Start LocalStack S3, or moto (with a warning) when LocalStack cannot run.
+
+    data_dir receives a "localstack" or "moto" sub-directory for data and logs.
+    """
+    if prefer == "localstack":
+        try:
+            ensure_installed(venv_dir)
+            return LocalStackS3(venv_dir).start(port=port, data_dir=data_dir / "localstack")
+        except (S3LaunchError, OSError, subprocess.SubprocessError) as exc:
+            log.warning("LocalStack unavailable, falling back to moto: %s", exc)
+    return MotoS3().start(port=port, data_dir=data_dir / "moto")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--data-dir", type=Path, default=DEVSTACK_DIR)
+    parser.add_argument("--prefer", choices=("localstack", "moto"), default="localstack")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The server runs in its own process group, so a SIGTERM aimed at us would orphan
+    # it; turning SIGTERM into KeyboardInterrupt lets the `with` block stop it.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with start_s3(prefer=args.prefer, data_dir=args.data_dir, port=args.port) as s3:
+        print(f"S3 endpoint:   {s3.endpoint_url}")
+        print(f"credentials:   {ACCESS_KEY_ID} / {SECRET_ACCESS_KEY}, region {REGION}")
+        print(f"signatures:    {'verified' if s3.verifies_signatures else 'NOT verified'}")
+        print("Ctrl-C to stop")
+        try:
+            while s3.alive():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        else:
+            print(f"{s3.name} exited unexpectedly", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

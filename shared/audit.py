@@ -1,0 +1,18 @@
+"""Audit events: who did what to which object, and when. Never URLs or bytes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from shared.models import AuditEvent
+from shared.observability import current_correlation_id
+
+
+def record(session: Session, *, at: datetime, user_id: str, action: str,
+           subject_type: str, subject_id: str, **details: Any) -> None:
+    session.add(AuditEvent(at=at, user_id=user_id, action=action, subject_type=subject_type,
+                           subject_id=subject_id, correlation_id=current_correlation_id(),
+                           details=details))

@@ -1,0 +1,175 @@
+"""Typed settings, read from the environment once.
+
+Nothing else in the code base reads ``os.environ``: every process calls
+``get_settings()`` (cached) and passes the object, or the parts it needs, down.
+The README's environment table is generated from ``ENV_VARS`` below
+(``hairfluencer env-table``), so the documentation cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Development-only HS256 secret shared by `hairfluencer dev` and `hairfluencer token`
+# of one checkout; git-ignored. Production never reads it (see _dev_secret).
+DEV_SECRET_FILE = REPO_ROOT / ".devstack" / "dev-jwt-secret"
+
+MIB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The environment describes an impossible or unsafe configuration."""
+
+
+def _env(name: str, default: str, doc: str) -> str:
+    return field(default=default, metadata={"env": name, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    env: str = _env("HAIRFLUENCER_ENV", "development", "`development` or `production`; "
+                     "production refuses development-only shortcuts (HS256 dev secret, moto).")
+    database_url: str = _env("DATABASE_URL", f"sqlite:///{REPO_ROOT / '.devstack' / 'hairfluencer.sqlite3'}",
+                             "SQLAlchemy URL. PostgreSQL: `postgresql+psycopg://user@host/db`.")
+    redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:6379/0",
+                          "Redis for quotas, rate limits and idempotency keys.")
+    broker_url: str = _env("CELERY_BROKER_URL", "", "Celery broker; defaults to REDIS_URL.")
+    # Storage
+    s3_endpoint_url: str = _env("S3_ENDPOINT_URL", "", "Internal S3 endpoint (empty = AWS).")
+    s3_public_endpoint_url: str = _env("S3_PUBLIC_ENDPOINT_URL", "",
+                                       "Endpoint the app reaches; presigned URLs are signed for "
+                                       "this host (defaults to S3_ENDPOINT_URL).")
+    s3_region: str = _env("S3_REGION", "us-east-1", "Region used for SigV4 signing.")
+    s3_access_key_id: str = _env("AWS_ACCESS_KEY_ID", "", "Access key (empty = boto3 default chain).")
+    s3_secret_access_key: str = _env("AWS_SECRET_ACCESS_KEY", "", "Secret key.")
+    s3_addressing_style: str = _env("S3_ADDRESSING_STYLE", "path", "`path` or `virtual`.")
+    uploads_bucket: str = _env("S3_UPLOADS_BUCKET", "hairfluencer-uploads", "Private bucket for selfies.")
+    processed_bucket: str = _env("S3_PROCESSED_BUCKET", "hairfluencer-processed",
+                                 "Private bucket for try-on results.")
+    sse_kms_key_id: str = _env("S3_SSE_KMS_KEY_ID", "", "Use SSE-KMS with this key (else SSE-S3).")
+    server_side_encryption: str = _env("S3_SERVER_SIDE_ENCRYPTION", "AES256",
+                                       "`AES256`, `aws:kms`, or `none` for endpoints without SSE.")
+    cors_origins: str = _env("S3_CORS_ORIGINS", "", "Comma-separated origins allowed to PUT (web clients).")
+    # Uploads
+    presign_ttl_seconds: int = _env("PRESIGN_TTL_SECONDS", "300", "Upload URL lifetime, at most 300.")
+    max_upload_bytes: int = _env("MAX_UPLOAD_BYTES", str(16 * MIB), "Largest selfie accepted.")
+    max_image_pixels: int = _env("MAX_IMAGE_PIXELS", "40000000",
+                                 "Largest pixel count decoded; larger images are rejected from "
+                                 "their header (decompression bombs).")
+    upload_retention_hours: int = _env("UPLOAD_RETENTION_HOURS", "24", "Selfie retention.")
+    raw_purge_margin_seconds: int = _env("RAW_PURGE_MARGIN_SECONDS", "60",
+                                         "Raw objects are deleted this long after their URL expired.")
+    validation_stale_seconds: int = _env("VALIDATION_STALE_SECONDS", "120",
+                                         "Uploads `validating` longer than this are re-sent.")
+    face_detection: bool = _env("FACE_DETECTION_ENABLED", "false", "Reject selfies without a face "
+                                "(needs the `face` extra).")
+    clamd_address: str = _env("CLAMD_ADDRESS", "", "clamd socket path or tcp://host:port; empty = off.")
+    nsfw_detector: str = _env("NSFW_DETECTOR", "", "NSFW hook; empty = off (no-op).")
+    # Quotas (Redis)
+    presign_daily_quota: int = _env("PRESIGN_DAILY_QUOTA", "50", "Presigns per user per day.")
+    user_rate: str = _env("USER_RATE_LIMIT", "20/2seconds",
+                          "Per-user request rate (10/s with bursts of 20), `limits` syntax.")
+    ip_rate: str = _env("IP_RATE_LIMIT", "50/second", "Per-client-IP request rate.")
+    trusted_proxy_count: int = _env("TRUSTED_PROXY_COUNT", "0",
+                                    "How many proxies' X-Forwarded-For entries to trust.")
+    # Auth
+    jwt_jwks_url: str = _env("JWT_JWKS_URL", "", "JWKS of the auth server (RS256/EdDSA).")
+    jwt_issuer: str = _env("JWT_ISSUER", "", "Required `iss`.")
+    jwt_audience: str = _env("JWT_AUDIENCE", "hairfluencer-api", "Required `aud`.")
+    jwt_dev_secret: str = _env("JWT_DEV_SECRET", "", "HS256 secret, development only.")
+    # Observability
+    sentry_dsn: str = _env("SENTRY_DSN", "", "Sentry DSN; empty = off.")
+    log_level: str = _env("LOG_LEVEL", "INFO", "Root log level.")
+    beat_interval_seconds: int = _env("BEAT_INTERVAL_SECONDS", "60", "How often reconcilers and cleanup run.")
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def celery_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def presign_endpoint_url(self) -> str:
+        return self.s3_public_endpoint_url or self.s3_endpoint_url
+
+    @property
+    def sse_params(self) -> dict[str, str]:
+        """Extra arguments for every SDK write (SPEC §6: encryption on every write)."""
+        if self.sse_kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.sse_kms_key_id}
+        if self.server_side_encryption == "none":
+            return {}
+        return {"ServerSideEncryption": self.server_side_encryption}
+
+
+ENV_VARS: list[tuple[str, str, str]] = [
+    (f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(Settings)
+]
+
+
+def _coerce(kind: object, raw: str, name: str) -> object:
+    if kind in (int, "int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer") from None
+    if kind in (bool, "bool"):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from a mapping (the process environment by default) and check them."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = environ.get(f.metadata["env"], str(f.default))
+        values[f.name] = _coerce(f.type, raw, f.metadata["env"])
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if not settings.jwt_dev_secret and not settings.jwt_jwks_url and not settings.is_production:
+        settings = _with(settings, jwt_dev_secret=_dev_secret())
+    _check(settings)
+    return settings
+
+
+def _with(settings: Settings, **changes: object) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def _dev_secret() -> str:
+    """Read the checkout's development secret, creating it on first use."""
+    import secrets
+
+    if not DEV_SECRET_FILE.exists():
+        DEV_SECRET_FILE.parent.mkdir(parents=True, exist_ok=True)
+        tmp = DEV_SECRET_FILE.with_suffix(".tmp")
+        tmp.write_text(secrets.token_urlsafe(48))
+        tmp.chmod(0o600)
+        tmp.replace(DEV_SECRET_FILE)
+    return DEV_SECRET_FILE.read_text().strip()
+
+
+def _check(s: Settings) -> None:
+    if s.env not in {"development", "production"}:
+        raise ConfigError("HAIRFLUENCER_ENV must be development or production")
+    if not 1 <= s.presign_ttl_seconds <= 300:
+        raise ConfigError("PRESIGN_TTL_SECONDS must be between 1 and 300")
+    if s.is_production:
+        if s.jwt_dev_secret:
+            raise ConfigError("JWT_DEV_SECRET (HS256) is for development only")
+        if not s.jwt_jwks_url or not s.jwt_issuer:
+            raise ConfigError("production needs JWT_JWKS_URL and JWT_ISSUER")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,55 @@
+"""Domain errors: each carries a stable dotted code; one place (api/errors.py) maps
+them to HTTP, and i18n.py turns their code into a localized message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    status: int
+    retriable: bool = False
+
+
+# The catalogue of codes the API can answer with. The message of each lives in
+# i18n.MESSAGES under the same key; tests check that both stay in step.
+ERROR_KINDS: dict[str, ErrorKind] = {
+    "auth.missing_token": ErrorKind(401),
+    "auth.invalid_token": ErrorKind(401),
+    "auth.expired_token": ErrorKind(401),
+    "request.invalid": ErrorKind(422),
+    "request.not_found": ErrorKind(404),
+    "request.method_not_allowed": ErrorKind(405),
+    "upload.not_found": ErrorKind(404),
+    "upload.object_missing": ErrorKind(404, retriable=True),
+    "upload.forbidden_key": ErrorKind(403),
+    "upload.already_confirmed": ErrorKind(409),
+    "upload.expired": ErrorKind(409),
+    "upload.too_large": ErrorKind(413),
+    "upload.unsupported_type": ErrorKind(415),
+    "upload.size_mismatch": ErrorKind(422),
+    "upload.type_mismatch": ErrorKind(422),
+    "upload.checksum_mismatch": ErrorKind(422),
+    "quota.exceeded": ErrorKind(429, retriable=True),
+    "rate.limited": ErrorKind(429, retriable=True),
+    "service.unavailable": ErrorKind(503, retriable=True),
+    "internal.error": ErrorKind(500, retriable=True),
+}
+
+
+class AppError(Exception):
+    """A failure the client is told about, by code."""
+
+    def __init__(self, code: str, *, retry_after: int | None = None, detail: str = "") -> None:
+        if code not in ERROR_KINDS:
+            raise KeyError(f"unknown error code {code!r}")
+        super().__init__(code)
+        self.code = code
+        self.retry_after = retry_after
+        # For logs only; never shown to the client (may name internals).
+        self.detail = detail
+
+    @property
+    def kind(self) -> ErrorKind:
+        return ERROR_KINDS[self.code]

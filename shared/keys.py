@@ -1,0 +1,49 @@
+"""Object keys: built in one place and checked against a whitelist before use."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+EXTENSIONS = {
+    "image/jpeg": "jpg",
+    "image/png": "png",
+    "image/webp": "webp",
+    "image/heic": "heic",
+    "image/heif": "heif",
+}
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+RAW_KEY = re.compile(rf"^uploads/(?P<user>[A-Za-z0-9_-]{{1,64}})/(?P<id>{_UUID})\.(?:jpg|png|webp|heic|heif)$")
+SANITIZED_KEY = re.compile(rf"^sanitized/[A-Za-z0-9_-]{{1,64}}/{_UUID}\.jpg$")
+
+
+class InvalidKey(ValueError):
+    pass
+
+
+def check_user_id(user_id: str) -> str:
+    if not USER_ID.match(user_id):
+        raise InvalidKey("user id outside [A-Za-z0-9_-]{1,64}")
+    return user_id
+
+
+def raw_upload_key(user_id: str, upload_id: uuid.UUID | str, content_type: str) -> str:
+    return _checked(f"uploads/{check_user_id(user_id)}/{upload_id}.{EXTENSIONS[content_type]}",
+                    RAW_KEY)
+
+
+def sanitized_key(user_id: str, upload_id: str) -> str:
+    return _checked(f"sanitized/{check_user_id(user_id)}/{upload_id}.jpg", SANITIZED_KEY)
+
+
+def parse_raw_key(key: str) -> tuple[str, str] | None:
+    """(user id, upload id) of a well-formed raw key, else None."""
+    match = RAW_KEY.match(key)
+    return (match["user"], match["id"]) if match else None
+
+
+def _checked(key: str, pattern: re.Pattern[str]) -> str:
+    if not pattern.match(key):
+        raise InvalidKey("key outside the whitelist")
+    return key

@@ -1,0 +1,23 @@
+"""Prometheus metrics. Labels are small closed sets (statuses, codes), never ids or URLs.
+
+Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR (read by
+prometheus-client itself) so /metrics aggregates all of them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+UPLOAD_ISSUED = Counter("upload_issued_total", "Presigned upload URLs issued")
+UPLOAD_CONFIRMED = Counter("upload_confirmed_total", "Uploads confirmed by the client")
+UPLOAD_VALIDATED = Counter("upload_validation_total", "Deep validation outcomes",
+                           ["outcome"])
+UPLOAD_REJECTED = Counter("upload_rejected_total", "Uploads rejected, by code", ["code"])
+API_ERRORS = Counter("api_errors_total", "Error responses, by code", ["code"])
+TASK_DURATION = Histogram("task_duration_seconds", "Celery task run time", ["task"])
+QUEUE_LATENCY = Histogram("task_queue_latency_seconds",
+                          "Time from enqueue to a worker starting the task", ["task"],
+                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+FAL_SUCCESS = Counter("fal_request_success_total", "fal.ai requests that succeeded")
+FAL_DURATION = Histogram("fal_request_duration_seconds", "fal.ai request duration",
+                         buckets=(0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120))

@@ -1,0 +1,1 @@
+"""Alembic migrations; run with `hairfluencer migrate` (shared.migrate.upgrade)."""

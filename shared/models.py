@@ -1,0 +1,97 @@
+"""SQLAlchemy 2 models. The schema itself is owned by the Alembic migrations in
+shared/migrations; tests check that the two agree."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores aware datetimes as UTC; SQLite drops the zone, so it is put back on read."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UploadStatus:
+    PENDING = "pending"
+    VALIDATING = "validating"
+    READY = "ready"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    DELETED = "deleted"
+
+
+class Upload(Base):
+    __tablename__ = "uploads"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    key: Mapped[str] = mapped_column(String(255), nullable=False, unique=True)
+    content_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    declared_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    declared_checksum: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=UploadStatus.PENDING)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    url_expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    delete_after: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    validated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    client_width: Mapped[int | None] = mapped_column(Integer)
+    client_height: Mapped[int | None] = mapped_column(Integer)
+    sanitized_key: Mapped[str | None] = mapped_column(String(255))
+    sanitized_sha256: Mapped[str | None] = mapped_column(String(64))
+    rejection_code: Mapped[str | None] = mapped_column(String(64))
+    # Set once the raw (unsanitized) object is gone from storage.
+    raw_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_uploads_user_created", "user_id", "created_at", "id"),
+        Index("ix_uploads_status", "status"),
+    )
+
+
+class AuditEvent(Base):
+    """Append-only trail; erasure keeps it (it names ids, never image bytes or URLs)."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    user_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    subject_type: Mapped[str] = mapped_column(String(32), nullable=False)
+    subject_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    correlation_id: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+
+    __table_args__ = (Index("ix_audit_subject", "subject_type", "subject_id"),
+                      Index("ix_audit_user", "user_id"))

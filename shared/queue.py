@@ -1,0 +1,33 @@
+"""The Celery application object and a safe way to send tasks by name.
+
+The API sends tasks by name only (it never imports worker code). A send that
+fails because the broker is down is not an error for the caller: the row that
+describes the work is already committed, and a beat reconciler re-sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+log = logging.getLogger(__name__)
+
+celery_app = Celery("hairfluencer")
+celery_app.config_from_object("celeryconfig")
+
+# Keep a dead broker from stalling an HTTP request: two quick tries, then give up.
+PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                        "interval_max": 0.5}
+
+
+def send(task_name: str, *args: object, countdown: float | None = None) -> bool:
+    """Send a task; True if the broker took it."""
+    try:
+        celery_app.send_task(task_name, args=list(args), countdown=countdown,
+                             retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+    except Exception as exc:  # noqa: BLE001 - any broker failure means "left for the reconciler"
+        log.warning("broker unavailable; %s left for the reconciler (%s)", task_name,
+                    type(exc).__name__)
+        return False
+    return True

@@ -1,0 +1,125 @@
+"""What the beat schedule does for uploads: re-send stuck validations, purge raw
+objects whose URL has expired, expire never-confirmed uploads, delete selfies
+past retention, and remove objects under `uploads/` that no live record
+accounts for. Each pass is bounded (BATCH) and idempotent, so an overlapping or
+repeated run does no harm.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from shared import audit
+from shared.models import Upload, UploadStatus
+from shared.services import Services
+from shared.uploads import VALIDATE_TASK, erase_objects
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+# A never-confirmed upload is kept this long after its URL expired, so an app
+# that uploaded and then lost connectivity can still confirm.
+UNCONFIRMED_GRACE = timedelta(hours=1)
+DONE_STATES = (UploadStatus.READY, UploadStatus.REJECTED, UploadStatus.DELETED,
+               UploadStatus.EXPIRED)
+
+
+def resend_stale_validations(svc: Services) -> int:
+    cutoff = svc.clock() - timedelta(seconds=svc.settings.validation_stale_seconds)
+    with svc.sessions() as session:
+        ids = list(session.scalars(
+            select(Upload.id).where(Upload.status == UploadStatus.VALIDATING,
+                                    Upload.confirmed_at < cutoff).limit(BATCH)))
+    sent = sum(1 for upload_id in ids if svc.dispatch(VALIDATE_TASK, upload_id))
+    if ids:
+        log.info("re-sent %d of %d stale validations", sent, len(ids))
+    return sent
+
+
+def purge_raw_objects(svc: Services) -> int:
+    """Delete raw objects (and placeholders) once their upload URL has expired."""
+    now = svc.clock()
+    margin = timedelta(seconds=svc.settings.raw_purge_margin_seconds)
+    with svc.sessions() as session:
+        rows = list(session.scalars(
+            select(Upload).where(Upload.raw_purged_at.is_(None),
+                                 Upload.status.in_(DONE_STATES),
+                                 Upload.url_expires_at < now - margin).limit(BATCH)))
+    for upload in rows:
+        svc.storage.delete(svc.settings.uploads_bucket, upload.key)
+        with svc.sessions.begin() as session:
+            session.execute(update(Upload).where(Upload.id == upload.id)
+                            .values(raw_purged_at=now))
+    return len(rows)
+
+
+def expire_unconfirmed(svc: Services) -> int:
+    now = svc.clock()
+    with svc.sessions() as session:
+        rows = list(session.scalars(
+            select(Upload).where(Upload.status == UploadStatus.PENDING,
+                                 Upload.url_expires_at < now - UNCONFIRMED_GRACE).limit(BATCH)))
+    for upload in rows:
+        svc.storage.delete(svc.settings.uploads_bucket, upload.key)
+        with svc.sessions.begin() as session:
+            done = session.execute(update(Upload).where(
+                Upload.id == upload.id, Upload.status == UploadStatus.PENDING).values(
+                status=UploadStatus.EXPIRED, raw_purged_at=now)).rowcount
+            if done:
+                audit.record(session, at=now, user_id=upload.user_id, action="upload.expired",
+                             subject_type="upload", subject_id=upload.id)
+    return len(rows)
+
+
+def delete_past_retention(svc: Services) -> int:
+    now = svc.clock()
+    with svc.sessions() as session:
+        rows = list(session.scalars(
+            select(Upload).where(Upload.status.in_((UploadStatus.READY, UploadStatus.REJECTED)),
+                                 Upload.delete_after < now).limit(BATCH)))
+    for upload in rows:
+        erase_objects(svc, upload, now)
+        with svc.sessions.begin() as session:
+            session.execute(update(Upload).where(Upload.id == upload.id).values(
+                status=UploadStatus.DELETED, deleted_at=now))
+            audit.record(session, at=now, user_id=upload.user_id, action="upload.deleted",
+                         subject_type="upload", subject_id=upload.id, reason="retention")
+    return len(rows)
+
+
+def remove_orphans(svc: Services) -> int:
+    """Objects under uploads/ or sanitized/ that no live record accounts for.
+
+    Only objects older than the longest URL lifetime plus the margin are looked
+    at: a younger object may belong to an issuance being written right now.
+    """
+    s = svc.settings
+    now = svc.clock()
+    min_age = timedelta(seconds=s.presign_ttl_seconds + s.raw_purge_margin_seconds)
+    removed = 0
+    for prefix, column in (("uploads/", Upload.key), ("sanitized/", Upload.sanitized_key)):
+        candidates = [k for k, modified in svc.storage.list_keys(s.uploads_bucket, prefix)
+                      if modified < now - min_age]
+        for chunk_start in range(0, len(candidates), BATCH):
+            chunk = candidates[chunk_start:chunk_start + BATCH]
+            with svc.sessions() as session:
+                live = set(session.scalars(select(column).where(
+                    column.in_(chunk), Upload.status.in_(_live_states(prefix)),
+                    *( [Upload.raw_purged_at.is_(None)] if prefix == "uploads/" else []))))
+            for key in chunk:
+                if key not in live:
+                    svc.storage.delete(s.uploads_bucket, key)
+                    removed += 1
+    if removed:
+        log.info("removed %d orphaned objects", removed)
+    return removed
+
+
+def _live_states(prefix: str) -> tuple[str, ...]:
+    if prefix == "uploads/":
+        # Raw objects legitimately exist until purged, whatever the status.
+        return (UploadStatus.PENDING, UploadStatus.VALIDATING, *DONE_STATES)
+    return (UploadStatus.READY,)

@@ -1,0 +1,48 @@
+"""The dependencies domain functions receive, built once per process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.clock import Clock, utcnow
+from shared.config import Settings
+from shared.db import make_engine, make_session_factory
+from shared.storage import ObjectStorage, S3Storage
+
+Dispatcher = Callable[..., bool]
+
+
+def _default_dispatch(task_name: str, *args: object, countdown: float | None = None) -> bool:
+    from shared.queue import send
+
+    return send(task_name, *args, countdown=countdown)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: ObjectStorage
+    clock: Clock = utcnow
+    dispatch: Dispatcher = field(default=_default_dispatch)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        engine = make_engine(settings.database_url)
+        return cls(settings=settings, engine=engine, sessions=make_session_factory(engine),
+                   storage=S3Storage(settings))
+
+    @cached_property
+    def scanners(self) -> list[object]:
+        from shared.scanners import build_scanners
+
+        s = self.settings
+        return list(build_scanners(face_enabled=s.face_detection,
+                                   clamd_address=s.clamd_address or None,
+                                   nsfw=s.nsfw_detector or None))

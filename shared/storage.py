@@ -1,0 +1,195 @@
+"""Object storage behind a small interface, with the S3 implementation (boto3).
+
+Two clients: the internal one talks to S3 from our network; the presigning one
+signs URLs for the host the app reaches (S3_PUBLIC_ENDPOINT_URL), because the
+host is part of a SigV4 signature. Clients are built on first use, never at
+import time, and S3 errors become plain Python exceptions.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from typing import Any, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from shared.config import Settings
+
+UPLOAD_CACHE_CONTROL = "no-store"
+
+
+class StorageUnavailable(Exception):
+    """The object store could not be reached or answered with a server error."""
+
+
+class ObjectMissing(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    size: int
+    content_type: str | None
+    checksum_sha256: str | None  # base64, as S3 reports it
+    last_modified: datetime | None
+
+
+@dataclass(frozen=True)
+class PresignedPut:
+    url: str
+    headers: dict[str, str]
+
+
+class ObjectStorage(Protocol):
+    def presign_put(self, bucket: str, key: str, *, content_type: str, content_length: int,
+                    checksum_sha256: str | None, expires_in: int) -> PresignedPut: ...
+    def presign_get(self, bucket: str, key: str, *, expires_in: int) -> str: ...
+    def head(self, bucket: str, key: str) -> ObjectInfo: ...
+    def get_bytes(self, bucket: str, key: str, *, max_bytes: int) -> bytes: ...
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None: ...
+    def delete(self, bucket: str, key: str) -> None: ...
+    def list_keys(self, bucket: str, prefix: str) -> list[tuple[str, datetime]]: ...
+    def ping(self, bucket: str) -> None: ...
+
+
+def sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _config(**extra: Any) -> Config:
+    return Config(
+        signature_version="s3v4",
+        # Recent botocore adds its own CRC checksum to requests and presigned URLs
+        # by default, which R2/MinIO and older SDK clients reject; checksums are
+        # ours to choose (SHA-256, declared by the app).
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        **extra,
+    )
+
+
+class S3Storage:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    def _client(self, endpoint: str, **config: Any) -> Any:
+        s = self._settings
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint or None,
+            region_name=s.s3_region,
+            aws_access_key_id=s.s3_access_key_id or None,
+            aws_secret_access_key=s.s3_secret_access_key or None,
+            config=_config(s3={"addressing_style": s.s3_addressing_style}, **config),
+        )
+
+    @cached_property
+    def client(self) -> Any:
+        return self._client(self._settings.s3_endpoint_url,
+                            connect_timeout=3, read_timeout=20, retries={"max_attempts": 3})
+
+    @cached_property
+    def signer(self) -> Any:
+        return self._client(self._settings.presign_endpoint_url)
+
+    # -- URLs ---------------------------------------------------------------
+    def presign_put(self, bucket: str, key: str, *, content_type: str, content_length: int,
+                    checksum_sha256: str | None, expires_in: int) -> PresignedPut:
+        params: dict[str, Any] = {
+            "Bucket": bucket, "Key": key, "ContentType": content_type,
+            "ContentLength": content_length,
+            # Signed in, so a second PUT to the same URL fails with 412 while the
+            # object exists: the URL is single-use for its whole life.
+            "IfNoneMatch": "*",
+        }
+        headers = {"Content-Type": content_type, "Content-Length": str(content_length),
+                   "If-None-Match": "*"}
+        if checksum_sha256:
+            params["ChecksumSHA256"] = checksum_sha256
+            headers["x-amz-checksum-sha256"] = checksum_sha256
+        url = self.signer.generate_presigned_url("put_object", Params=params,
+                                                 ExpiresIn=expires_in, HttpMethod="PUT")
+        return PresignedPut(url=url, headers=headers)
+
+    def presign_get(self, bucket: str, key: str, *, expires_in: int) -> str:
+        return str(self.signer.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": bucket, "Key": key, "ResponseCacheControl": UPLOAD_CACHE_CONTROL},
+            ExpiresIn=expires_in,
+        ))
+
+    # -- objects ------------------------------------------------------------
+    def head(self, bucket: str, key: str) -> ObjectInfo:
+        try:
+            r = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if _status(exc) == 404:
+                raise ObjectMissing(key) from None
+            raise _unavailable(exc) from None
+        except BotoCoreError as exc:
+            raise _unavailable(exc) from None
+        return ObjectInfo(size=int(r["ContentLength"]), content_type=r.get("ContentType"),
+                          checksum_sha256=r.get("ChecksumSHA256"),
+                          last_modified=r.get("LastModified"))
+
+    def get_bytes(self, bucket: str, key: str, *, max_bytes: int) -> bytes:
+        try:
+            r = self.client.get_object(Bucket=bucket, Key=key)
+            body = r["Body"]
+            data: bytes = body.read(max_bytes + 1)
+            body.close()
+        except ClientError as exc:
+            if _status(exc) == 404:
+                raise ObjectMissing(key) from None
+            raise _unavailable(exc) from None
+        except BotoCoreError as exc:
+            raise _unavailable(exc) from None
+        return data
+
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
+                                   ChecksumSHA256=sha256_b64(data), **self._settings.sse_params)
+        except (ClientError, BotoCoreError) as exc:
+            raise _unavailable(exc) from None
+
+    def delete(self, bucket: str, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and _status(exc) == 404:
+                return
+            raise _unavailable(exc) from None
+
+    def list_keys(self, bucket: str, prefix: str) -> list[tuple[str, datetime]]:
+        out: list[tuple[str, datetime]] = []
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                          Prefix=prefix)
+            for page in pages:
+                out.extend((o["Key"], o["LastModified"]) for o in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise _unavailable(exc) from None
+        return out
+
+    def ping(self, bucket: str) -> None:
+        try:
+            self.client.head_bucket(Bucket=bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise _unavailable(exc) from None
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _unavailable(exc: Exception) -> StorageUnavailable:
+    # Only the error class and code: botocore messages can quote request URLs.
+    code = exc.response.get("Error", {}).get("Code", "") if isinstance(exc, ClientError) else ""
+    return StorageUnavailable(f"{type(exc).__name__} {code}".strip())

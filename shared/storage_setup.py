@@ -1,0 +1,105 @@
+"""`hairfluencer setup-storage`: create missing buckets and harden both (SPEC §6).
+
+Applied to each bucket: block all public access, default encryption, a bucket
+policy that denies any request not made over TLS, CORS for configured origins,
+and lifecycle rules as a backstop to the beat cleanup (uploads: 1 day; processed
+results: 7 days unless tagged `retention=kept`, which favorites set).
+Endpoints that do not implement one of these (some S3-compatibles) are reported,
+not fatal, so the command is usable against MinIO or R2.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from shared.config import Settings
+from shared.storage import S3Storage
+
+RESULT_TAG = ("retention", "temporary")
+
+
+def apply(settings: Settings, *, create: bool = True) -> Iterator[str]:
+    client = S3Storage(settings).client
+    for bucket, lifecycle in ((settings.uploads_bucket, _uploads_lifecycle()),
+                              (settings.processed_bucket, _processed_lifecycle())):
+        if create:
+            yield _step(bucket, "bucket", lambda b=bucket: _create(client, b, settings.s3_region))
+        yield _step(bucket, "public access block", lambda b=bucket: client.put_public_access_block(
+            Bucket=b, PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True, "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True, "RestrictPublicBuckets": True}))
+        yield _step(bucket, "default encryption", lambda b=bucket: client.put_bucket_encryption(
+            Bucket=b, ServerSideEncryptionConfiguration={"Rules": [_encryption_rule(settings)]}))
+        if settings.s3_endpoint_url.startswith("http://"):
+            # A plain-HTTP endpoint (local MinIO/LocalStack) would lock us out.
+            yield f"{bucket}: TLS-only policy: skipped (endpoint is plain HTTP)"
+        else:
+            yield _step(bucket, "TLS-only policy", lambda b=bucket: client.put_bucket_policy(
+                Bucket=b, Policy=json.dumps(_tls_only_policy(b))))
+        if settings.cors_origins:
+            yield _step(bucket, "CORS", lambda b=bucket: client.put_bucket_cors(
+                Bucket=b, CORSConfiguration=_cors(settings.cors_origins)))
+        yield _step(bucket, "lifecycle", lambda b=bucket, rules=lifecycle:
+                    client.put_bucket_lifecycle_configuration(
+                        Bucket=b, LifecycleConfiguration={"Rules": rules}))
+
+
+def _step(bucket: str, what: str, action: Callable[[], Any]) -> str:
+    try:
+        action()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "error")
+        return f"{bucket}: {what}: not applied ({code})"
+    return f"{bucket}: {what}: ok"
+
+
+def _create(client: Any, bucket: str, region: str) -> None:
+    try:
+        client.head_bucket(Bucket=bucket)
+        return
+    except ClientError:
+        pass
+    params: dict[str, Any] = {"Bucket": bucket}
+    if region != "us-east-1":
+        params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    client.create_bucket(**params)
+
+
+def _encryption_rule(settings: Settings) -> dict[str, Any]:
+    if settings.sse_kms_key_id:
+        return {"ApplyServerSideEncryptionByDefault": {
+            "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": settings.sse_kms_key_id},
+            "BucketKeyEnabled": True}
+    return {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
+
+
+def _tls_only_policy(bucket: str) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": [{
+        "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
+        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]}
+
+
+def _cors(origins: str) -> dict[str, Any]:
+    return {"CORSRules": [{
+        "AllowedOrigins": [o.strip() for o in origins.split(",") if o.strip()],
+        "AllowedMethods": ["PUT", "GET"],
+        "AllowedHeaders": ["content-type", "content-length", "if-none-match",
+                           "x-amz-checksum-sha256"],
+        "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 3000}]}
+
+
+def _uploads_lifecycle() -> list[dict[str, Any]]:
+    return [{"ID": "expire-selfies", "Status": "Enabled", "Filter": {"Prefix": ""},
+             "Expiration": {"Days": 1},
+             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]
+
+
+def _processed_lifecycle() -> list[dict[str, Any]]:
+    key, value = RESULT_TAG
+    return [{"ID": "expire-unkept-results", "Status": "Enabled",
+             "Filter": {"Tag": {"Key": key, "Value": value}}, "Expiration": {"Days": 7}}]

@@ -1,0 +1,250 @@
+"""The upload use cases: presign, confirm, read, list, delete.
+
+Plain functions over `Services`; the API views and tests call them directly.
+Deep validation (in the worker) lives in shared/validation.py, retention in
+shared/retention.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared import audit, metrics
+from shared.errors import AppError
+from shared.keys import EXTENSIONS, parse_raw_key, raw_upload_key
+from shared.models import Upload, UploadStatus
+from shared.services import Services
+from shared.storage import ObjectMissing, PresignedPut
+
+log = logging.getLogger(__name__)
+
+VALIDATE_TASK = "uploads.validate"
+CONFIRMED_STATES = {UploadStatus.VALIDATING, UploadStatus.READY, UploadStatus.REJECTED}
+MAX_PAGE = 100
+
+
+@dataclass(frozen=True)
+class IssuedUpload:
+    upload: Upload
+    put: PresignedPut
+    max_bytes: int
+
+
+def presign(svc: Services, user_id: str, *, content_type: str, content_length: int,
+            checksum: str | None) -> IssuedUpload:
+    """Record the issuance, then sign a single-use PUT for exactly these bytes."""
+    s = svc.settings
+    if content_type not in EXTENSIONS:
+        raise AppError("upload.unsupported_type")
+    if content_length > s.max_upload_bytes:
+        raise AppError("upload.too_large")
+    if content_length < 1:
+        raise AppError("request.invalid")
+    if checksum is not None and not _is_sha256_b64(checksum):
+        raise AppError("request.invalid", detail="checksum is not base64 SHA-256")
+    now = svc.clock()
+    upload_id = str(uuid.uuid4())
+    upload = Upload(
+        id=upload_id, user_id=user_id, key=raw_upload_key(user_id, upload_id, content_type),
+        content_type=content_type, declared_size=content_length, declared_checksum=checksum,
+        status=UploadStatus.PENDING, created_at=now,
+        url_expires_at=now + timedelta(seconds=s.presign_ttl_seconds),
+        delete_after=now + timedelta(hours=s.upload_retention_hours),
+    )
+    # The URL is signed only after the issuance row is committed: a URL we could
+    # not account for later would be an upload nobody can confirm or clean up.
+    with svc.sessions.begin() as session:
+        session.add(upload)
+        audit.record(session, at=now, user_id=user_id, action="upload.issued",
+                     subject_type="upload", subject_id=upload_id,
+                     content_type=content_type, size=content_length)
+    put = svc.storage.presign_put(s.uploads_bucket, upload.key, content_type=content_type,
+                                  content_length=content_length, checksum_sha256=checksum,
+                                  expires_in=s.presign_ttl_seconds)
+    metrics.UPLOAD_ISSUED.inc()
+    return IssuedUpload(upload=upload, put=put, max_bytes=s.max_upload_bytes)
+
+
+def _is_sha256_b64(value: str) -> bool:
+    try:
+        return len(base64.b64decode(value, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def confirm(svc: Services, user_id: str, key: str, *, width: int | None = None,
+            height: int | None = None) -> Upload:
+    """Check the object the client says it uploaded, then hand it to validation."""
+    s = svc.settings
+    parsed = parse_raw_key(key)
+    if parsed is None or parsed[0] != user_id:
+        raise AppError("upload.forbidden_key")
+    with svc.sessions() as session:
+        upload = session.scalars(select(Upload).where(Upload.key == key)).one_or_none()
+    if upload is None or upload.user_id != user_id:
+        raise AppError("upload.forbidden_key", detail="key not issued to this user")
+    _check_confirmable(upload)
+
+    try:
+        info = svc.storage.head(s.uploads_bucket, key)
+    except ObjectMissing:
+        raise AppError("upload.object_missing") from None
+    mismatch = _mismatch(upload, info.size, info.content_type, info.checksum_sha256)
+    now = svc.clock()
+    if mismatch:
+        _reject_at_confirm(svc, upload, mismatch, now)
+        raise AppError(mismatch)
+
+    with svc.sessions.begin() as session:
+        # Conditional update: of two concurrent confirms exactly one wins.
+        won = session.execute(
+            update(Upload).where(Upload.id == upload.id, Upload.status == UploadStatus.PENDING)
+            .values(status=UploadStatus.VALIDATING, confirmed_at=now, size_bytes=info.size,
+                    client_width=width, client_height=height)
+        ).rowcount
+        if not won:
+            raise AppError("upload.already_confirmed")
+        audit.record(session, at=now, user_id=user_id, action="upload.confirmed",
+                     subject_type="upload", subject_id=upload.id, size=info.size)
+    metrics.UPLOAD_CONFIRMED.inc()
+    # Sent only after the commit, so the worker always finds the row; if the
+    # broker is down the reconciler re-sends it (shared/retention.py).
+    svc.dispatch(VALIDATE_TASK, upload.id)
+    return get(svc, user_id, upload.id)
+
+
+def _check_confirmable(upload: Upload) -> None:
+    if upload.status in CONFIRMED_STATES:
+        raise AppError("upload.already_confirmed")
+    if upload.status == UploadStatus.EXPIRED:
+        raise AppError("upload.expired")
+    if upload.status == UploadStatus.DELETED:
+        raise AppError("upload.not_found")
+
+
+def _mismatch(upload: Upload, size: int, content_type: str | None,
+              checksum: str | None) -> str | None:
+    if size != upload.declared_size:
+        return "upload.size_mismatch"
+    if (content_type or "").split(";")[0].strip().lower() != upload.content_type:
+        return "upload.type_mismatch"
+    if upload.declared_checksum and checksum and checksum != upload.declared_checksum:
+        return "upload.checksum_mismatch"
+    return None
+
+
+def _reject_at_confirm(svc: Services, upload: Upload, code: str, now: datetime) -> None:
+    remove_raw_bytes(svc, upload, now)
+    with svc.sessions.begin() as session:
+        session.execute(
+            update(Upload).where(Upload.id == upload.id, Upload.status == UploadStatus.PENDING)
+            .values(status=UploadStatus.REJECTED, rejection_code=code, confirmed_at=now,
+                    validated_at=now)
+        )
+        audit.record(session, at=now, user_id=upload.user_id, action="upload.rejected",
+                     subject_type="upload", subject_id=upload.id, code=code, stage="confirm")
+    metrics.UPLOAD_REJECTED.labels(code=code).inc()
+    log.warning("upload %s rejected at confirm: %s", upload.id, code)
+
+
+def remove_raw_bytes(svc: Services, upload: Upload, now: datetime) -> None:
+    """Remove what the client uploaded without reopening its URL.
+
+    While the presigned URL lives, the object's presence is what makes
+    `If-None-Match: *` refuse a second PUT, so its bytes are replaced by an empty
+    placeholder; the placeholder is deleted once the URL has expired.
+    """
+    bucket = svc.settings.uploads_bucket
+    if now < upload.url_expires_at + timedelta(seconds=svc.settings.raw_purge_margin_seconds):
+        svc.storage.put_bytes(bucket, upload.key, b"", content_type=upload.content_type)
+    else:
+        svc.storage.delete(bucket, upload.key)
+
+
+def get(svc: Services, user_id: str, upload_id: str) -> Upload:
+    with svc.sessions() as session:
+        return _owned(session, user_id, upload_id)
+
+
+def _owned(session: Session, user_id: str, upload_id: str) -> Upload:
+    upload = session.get(Upload, upload_id) if _is_uuid(upload_id) else None
+    # Another user's upload answers exactly like a missing one.
+    if upload is None or upload.user_id != user_id:
+        raise AppError("upload.not_found")
+    return upload
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Upload]
+    next_cursor: str | None
+
+
+def list_for_user(svc: Services, user_id: str, *, limit: int, cursor: str | None,
+                  status: str | None) -> Page:
+    limit = max(1, min(limit, MAX_PAGE))
+    query = select(Upload).where(Upload.user_id == user_id)
+    query = query.where(Upload.status == status) if status else query.where(
+        Upload.status != UploadStatus.DELETED)
+    if cursor:
+        created, last_id = decode_cursor(cursor)
+        query = query.where(or_(Upload.created_at < created,
+                                and_(Upload.created_at == created, Upload.id < last_id)))
+    query = query.order_by(Upload.created_at.desc(), Upload.id.desc()).limit(limit + 1)
+    with svc.sessions() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, row_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(row_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise AppError("request.invalid", detail="bad cursor") from None
+
+
+def delete(svc: Services, user_id: str, upload_id: str) -> None:
+    """Delete the selfie's objects now and mark the record deleted (idempotent)."""
+    upload = get(svc, user_id, upload_id)
+    if upload.status == UploadStatus.DELETED:
+        return
+    now = svc.clock()
+    erase_objects(svc, upload, now)
+    with svc.sessions.begin() as session:
+        session.execute(update(Upload).where(Upload.id == upload.id).values(
+            status=UploadStatus.DELETED, deleted_at=now))
+        audit.record(session, at=now, user_id=user_id, action="upload.deleted",
+                     subject_type="upload", subject_id=upload.id, reason="user")
+
+
+def erase_objects(svc: Services, upload: Upload, now: datetime) -> None:
+    if upload.sanitized_key:
+        svc.storage.delete(svc.settings.uploads_bucket, upload.sanitized_key)
+    if upload.raw_purged_at is None:
+        remove_raw_bytes(svc, upload, now)

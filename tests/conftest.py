@@ -1,0 +1,236 @@
+"""Shared fixtures: real PostgreSQL, Redis and the signature-checking S3 endpoint.
+
+- PostgreSQL: a fresh database per test session (created, migrated with Alembic,
+  dropped), tables emptied after each test.
+- Redis: the machine's server; each test gets its own key namespace.
+- S3: LocalStack's S3 in host mode, started once per session (set
+  HF_TEST_S3_ENDPOINT to reuse one that is already running). Buckets get unique
+  names because LocalStack has no reset.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from shared.config import Settings, load_settings
+from shared.observability import json_handler
+from shared.quota import QuotaService
+from shared.services import Services
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+PG_ADMIN_URL = os.environ.get("HF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("HF_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+DEV_SECRET = "test-secret-for-hs256-development-tokens-only"
+SECRET_MARKERS = ("X-Amz-Signature", "X-Amz-Credential", "Signature=")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.fspath) or "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+# --- servers ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    existing = os.environ.get("HF_TEST_S3_ENDPOINT")
+    if existing:
+        yield existing
+        return
+    from devstack.localstack import LocalStackS3, ensure_installed
+
+    ensure_installed()
+    server = LocalStackS3().start(data_dir=tmp_path_factory.mktemp("localstack"))
+    try:
+        yield server.endpoint_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    name = f"hf_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    url = f"{base}/{name}"
+    from shared.migrate import upgrade
+
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def buckets(s3_endpoint: str) -> tuple[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    uploads, processed = f"hf-up-{suffix}", f"hf-proc-{suffix}"
+    from shared.storage_setup import apply
+
+    settings = make_settings(s3_endpoint_url=s3_endpoint, uploads_bucket=uploads,
+                             processed_bucket=processed)
+    lines = list(apply(settings))
+    assert all("not applied" not in line for line in lines if "bucket:" in line), lines
+    return uploads, processed
+
+
+def make_settings(**overrides: Any) -> Settings:
+    env = {
+        "HAIRFLUENCER_ENV": "development",
+        "DATABASE_URL": "sqlite://",
+        "REDIS_URL": REDIS_URL,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "S3_REGION": "us-east-1",
+        "JWT_DEV_SECRET": DEV_SECRET,
+        "JWT_AUDIENCE": "hairfluencer-api",
+        "LOG_LEVEL": "INFO",
+    }
+    names = {f_name: env_name for env_name, f_name in _FIELD_BY_ENV.items()}
+    for key, value in overrides.items():
+        env[names[key]] = str(value)
+    return load_settings(env)
+
+
+def _field_by_env() -> dict[str, str]:
+    from dataclasses import fields
+
+    return {f.metadata["env"]: f.name for f in fields(Settings)}
+
+
+_FIELD_BY_ENV = _field_by_env()
+
+
+# --- the system under test -------------------------------------------------
+
+@dataclass
+class InlineDispatch:
+    """Runs sent tasks synchronously (or records them when paused), standing in
+    for the broker at the boundary the API really uses (`Services.dispatch`)."""
+
+    handlers: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    sent: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    broker_down: bool = False
+    run_inline: bool = True
+
+    def __call__(self, name: str, *args: Any, countdown: float | None = None) -> bool:
+        if self.broker_down:
+            return False
+        self.sent.append((name, args))
+        if self.run_inline and name in self.handlers:
+            self.handlers[name](*args)
+        return True
+
+
+@pytest.fixture
+def dispatch() -> InlineDispatch:
+    return InlineDispatch()
+
+
+@pytest.fixture
+def settings(pg_url: str, s3_endpoint: str, buckets: tuple[str, str]) -> Settings:
+    return make_settings(database_url=pg_url, s3_endpoint_url=s3_endpoint,
+                         uploads_bucket=buckets[0], processed_bucket=buckets[1],
+                         server_side_encryption="AES256")
+
+
+@pytest.fixture
+def svc(settings: Settings, dispatch: InlineDispatch) -> Iterator[Services]:
+    services = Services.from_settings(settings)
+    services.dispatch = dispatch
+    from shared.validation import validate_upload
+
+    dispatch.handlers["uploads.validate"] = lambda upload_id: validate_upload(services, upload_id)
+    try:
+        yield services
+    finally:
+        with services.engine.begin() as conn:
+            conn.execute(text("TRUNCATE uploads, audit_events RESTART IDENTITY"))
+        services.engine.dispose()
+
+
+@pytest.fixture
+def quotas(settings: Settings) -> QuotaService:
+    return QuotaService(settings.redis_url, presign_daily=settings.presign_daily_quota,
+                        user_rate=settings.user_rate, ip_rate=settings.ip_rate,
+                        namespace=f"test-{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def app(settings: Settings, svc: Services, quotas: QuotaService):  # type: ignore[no-untyped-def]
+    from api.app import create_app
+
+    flask_app = create_app(settings, svc, quotas, configure_logs=False)
+    flask_app.testing = True
+    return flask_app
+
+
+@pytest.fixture
+def client(app):  # type: ignore[no-untyped-def]
+    return app.test_client()
+
+
+@pytest.fixture
+def token() -> Callable[[str], str]:
+    from shared.auth import issue_dev_token
+
+    s = make_settings()
+    return lambda user_id: issue_dev_token(s, user_id, 3600)
+
+
+@pytest.fixture
+def auth(token: Callable[[str], str]) -> Callable[..., dict[str, str]]:
+    def headers(user_id: str = "alice", **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token(user_id)}", **extra}
+
+    return headers
+
+
+# --- logs ------------------------------------------------------------------
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """The JSON log stream exactly as operations would read it."""
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    handler, level = json_handler(buffer), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield buffer
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def assert_no_secrets(logs: io.StringIO, caplog: pytest.LogCaptureFixture | None = None) -> None:
+    """No signed URL (or any part of one) in the rendered logs, nor in the raw records."""
+    rendered = logs.getvalue()
+    for line in rendered.splitlines():
+        json.loads(line)  # every line is JSON
+    texts = [rendered]
+    if caplog is not None:
+        texts += [r.getMessage() for r in caplog.records]
+    for chunk in texts:
+        for marker in SECRET_MARKERS:
+            assert marker not in chunk, f"{marker} leaked into logs"

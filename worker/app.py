@@ -1,0 +1,39 @@
+"""The worker's Celery application: shared.queue's app with the tasks registered
+and the process-wide concerns (logging, Sentry, correlation ids) wired in.
+
+Run: celery -A worker.app worker -Q default,uploads,maintenance
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+import worker.tasks  # noqa: E402,F401  - registers the tasks on the app
+from shared.config import get_settings
+from shared.observability import configure_logging, init_sentry, install_redaction
+from shared.queue import celery_app
+
+app = celery_app
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    configure_logging(get_settings().log_level)
+
+
+@signals.after_setup_task_logger.connect
+@signals.after_setup_logger.connect
+def _redact_celery_handlers(logger: logging.Logger, **_: Any) -> None:
+    install_redaction(logger)
+
+
+@signals.worker_process_init.connect
+@signals.beat_init.connect
+def _init_sentry(**_: Any) -> None:
+    from sentry_sdk.integrations.celery import CeleryIntegration
+
+    settings = get_settings()
+    init_sentry(settings.sentry_dsn, settings.env, [CeleryIntegration()])

@@ -1,0 +1,70 @@
+"""The task base every task uses: it carries the correlation id from the sender,
+times the task, and holds the process's Services, so each task body is one call."""
+
+from __future__ import annotations
+
+import time
+from functools import cached_property
+from typing import Any
+
+from celery import Task, signals
+
+from shared import metrics
+from shared.config import get_settings
+from shared.observability import (
+    current_correlation_id,
+    reset_correlation_id,
+    set_correlation_id,
+)
+from shared.services import Services
+
+CORRELATION_HEADER = "correlation_id"
+SENT_AT_HEADER = "sent_at"
+
+_services: Services | None = None
+
+
+def services() -> Services:
+    """One Services per worker process, built on first use (after fork)."""
+    global _services
+    if _services is None:
+        _services = Services.from_settings(get_settings())
+    return _services
+
+
+def use_services(svc: Services | None) -> None:
+    """Tests call task bodies with their own Services."""
+    global _services
+    _services = svc
+
+
+class AppTask(Task):  # type: ignore[misc]
+    abstract = True
+    acks_late = True
+    ignore_result = True
+
+    @cached_property
+    def svc(self) -> Services:
+        return services()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        headers = getattr(self.request, "headers", None) or {}
+        token = set_correlation_id(headers.get(CORRELATION_HEADER) or self.request.id)
+        sent_at = headers.get(SENT_AT_HEADER)
+        if isinstance(sent_at, int | float):
+            metrics.QUEUE_LATENCY.labels(task=self.name).observe(max(0.0, time.time() - sent_at))
+        started = time.perf_counter()
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            metrics.TASK_DURATION.labels(task=self.name).observe(time.perf_counter() - started)
+            reset_correlation_id(token)
+
+
+@signals.before_task_publish.connect
+def _stamp_headers(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Every task sent from a request or task carries its correlation id."""
+    if headers is None:
+        return
+    headers.setdefault(CORRELATION_HEADER, current_correlation_id())
+    headers.setdefault(SENT_AT_HEADER, time.time())

@@ -1,0 +1,47 @@
+"""Task definitions. Each names itself explicitly, states its delivery options,
+and calls one domain function."""
+
+from __future__ import annotations
+
+from shared import retention
+from shared.queue import celery_app
+from shared.scanners import ScannerUnavailable
+from shared.storage import StorageUnavailable
+from shared.validation import validate_upload
+from worker.base import AppTask
+
+TRANSIENT = (StorageUnavailable, ScannerUnavailable, ConnectionError, TimeoutError)
+
+
+@celery_app.task(base=AppTask, bind=True, name="uploads.validate", queue="uploads",
+                 autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=120,
+                 retry_jitter=True, max_retries=6, time_limit=120, soft_time_limit=100)
+def validate(self: AppTask, upload_id: str) -> str:
+    # A decode that fails is a rejection inside validate_upload, never a retry.
+    return validate_upload(self.svc, upload_id).status
+
+
+def _maintenance(name: str):  # type: ignore[no-untyped-def]
+    return celery_app.task(base=AppTask, bind=True, name=f"maintenance.{name}",
+                           queue="maintenance", max_retries=0, time_limit=600,
+                           soft_time_limit=540)
+
+
+@_maintenance("resend_stale_validations")
+def resend_stale_validations(self: AppTask) -> int:
+    return retention.resend_stale_validations(self.svc)
+
+
+@_maintenance("purge_raw_uploads")
+def purge_raw_uploads(self: AppTask) -> int:
+    return retention.purge_raw_objects(self.svc)
+
+
+@_maintenance("upload_retention")
+def upload_retention(self: AppTask) -> int:
+    return retention.expire_unconfirmed(self.svc) + retention.delete_past_retention(self.svc)
+
+
+@_maintenance("remove_orphans")
+def remove_orphans(self: AppTask) -> int:
+    return retention.remove_orphans(self.svc)

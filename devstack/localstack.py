@@ -40,7 +40,7 @@ DEFAULT_MOTO_DATA_DIR = DEVSTACK_DIR / "moto-data"
 # LocalStack checks every presigned URL against the secret "test", whatever the access
 # key; clients of this endpoint must therefore use exactly these credentials.
 ACCESS_KEY_ID = "test"
-SECRET_ACCESS_KEY = "test"
+SECRET_ACCESS_KEY = "test"  # noqa: S105 - LocalStack's fixed development secret
 REGION = "us-east-1"
 
 # 4.13.1 is the newest release that runs on Python 3.11; the other pins repair its
@@ -140,8 +140,15 @@ def ensure_installed(venv_dir: Path = DEFAULT_VENV_DIR) -> Path:
         if not python.exists():
             _run_logged([sys.executable, "-m", "venv", str(venv_dir)], install_log)
         _run_logged(
-            [str(python), "-m", "pip", "install", "--disable-pip-version-check",
-             "--no-input", *LOCALSTACK_PINS],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-input",
+                *LOCALSTACK_PINS,
+            ],
             install_log,
         )
         (venv_dir / MARKER_NAME).write_text(_marker_text())
@@ -212,12 +219,15 @@ class _S3Server:
         if not wait_until(ready, timeout, interval=0.2, abort=lambda: not process.alive()):
             code = process.returncode
             process.stop()
-            state = f"exited with code {code}" if code is not None else f"not ready in {timeout:.0f} s"
+            state = (
+                f"exited with code {code}" if code is not None else f"not ready in {timeout:.0f} s"
+            )
             raise S3LaunchError(
                 f"{self.name} {state}; last lines of {process.log_path}:\n{process.log_tail()}"
             )
-        log.info("%s ready at %s in %.1f s", self.name, self.endpoint_url,
-                 time.monotonic() - started)
+        log.info(
+            "%s ready at %s in %.1f s", self.name, self.endpoint_url, time.monotonic() - started
+        )
 
     def __enter__(self) -> Self:
         return self
@@ -235,7 +245,9 @@ class _S3Server:
         return f"<{type(self).__name__} {url}>"
 
 
-def localstack_env(port: int, data_dir: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+def localstack_env(
+    port: int, data_dir: Path, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The environment LocalStack needs to check signatures and stay inside data_dir."""
     base = os.environ if base is None else base
     env = {key: base[key] for key in _INHERITED_ENV if key in base}
@@ -270,12 +282,17 @@ class LocalStackS3(_S3Server):
         super().__init__()
         self.venv_dir = venv_dir
 
-    def start(self, port: int | None = None, data_dir: Path = DEFAULT_DATA_DIR,
-              timeout: float = START_TIMEOUT) -> Self:
+    def start(
+        self,
+        port: int | None = None,
+        data_dir: Path = DEFAULT_DATA_DIR,
+        timeout: float = START_TIMEOUT,
+    ) -> Self:
         python = _venv_python(self.venv_dir)
         if not is_installed(self.venv_dir):
-            raise S3LaunchError(f"LocalStack is not installed in {self.venv_dir}; "
-                                "call ensure_installed() first")
+            raise S3LaunchError(
+                f"LocalStack is not installed in {self.venv_dir}; call ensure_installed() first"
+            )
         self.port = port or free_port()
         for sub in ("filesystem", "volume"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -297,8 +314,12 @@ class MotoS3(_S3Server):
     name = "moto S3"
     verifies_signatures = False
 
-    def start(self, port: int | None = None, data_dir: Path = DEFAULT_MOTO_DATA_DIR,
-              timeout: float = START_TIMEOUT) -> Self:
+    def start(
+        self,
+        port: int | None = None,
+        data_dir: Path = DEFAULT_MOTO_DATA_DIR,
+        timeout: float = START_TIMEOUT,
+    ) -> Self:
         log.warning(
             "Using moto as the S3 endpoint: moto does NOT check presigned-URL signatures "
             "or expiry, so uploads that production S3 would refuse (wrong Content-Type, "

@@ -54,16 +54,20 @@ def wait_until(
     """
     deadline = time.monotonic() + timeout
     while True:
-        try:
-            if predicate():
-                return True
-        except Exception:  # noqa: BLE001 - any failure of a probe means "not ready yet"
-            pass
+        if _probe(predicate):
+            return True
         if abort is not None and abort():
             return False
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+def _probe(predicate: Callable[[], bool]) -> bool:
+    try:
+        return bool(predicate())
+    except Exception:  # noqa: BLE001 - a failing probe means "not ready yet"
+        return False
 
 
 def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:

@@ -79,13 +79,20 @@ class RedisServer:
 def _redis_server_process(binary: str, port: int, data_dir: Path) -> ManagedProcess:
     args = [
         binary,
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--save", "",  # no RDB snapshots: the data is disposable
-        "--appendonly", "no",
-        "--dir", str(data_dir),
-        "--daemonize", "no",  # a daemon would escape its ManagedProcess
-        "--logfile", "",  # log to stdout, i.e. into our log file
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",  # no RDB snapshots: the data is disposable
+        "--appendonly",
+        "no",
+        "--dir",
+        str(data_dir),
+        "--daemonize",
+        "no",  # a daemon would escape its ManagedProcess
+        "--logfile",
+        "",  # log to stdout, i.e. into our log file
     ]
     return ManagedProcess(args, data_dir / "redis.log", cwd=data_dir, name="redis-server")
 
@@ -93,8 +100,7 @@ def _redis_server_process(binary: str, port: int, data_dir: Path) -> ManagedProc
 def _fakeredis_process(port: int, data_dir: Path) -> ManagedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     args = [sys.executable, "-c", _FAKE_SERVER_CODE, str(port)]
-    return ManagedProcess(args, data_dir / "fakeredis.log", env=env, cwd=data_dir,
-                          name="fakeredis")
+    return ManagedProcess(args, data_dir / "fakeredis.log", env=env, cwd=data_dir, name="fakeredis")
 
 
 def _choose_kind(prefer: Kind | None) -> tuple[Kind, str | None]:
@@ -106,9 +112,7 @@ def _choose_kind(prefer: Kind | None) -> tuple[Kind, str | None]:
     return "redis-server", binary
 
 
-def start_redis(
-    data_dir: Path, port: int | None = None, prefer: Kind | None = None
-) -> RedisServer:
+def start_redis(data_dir: Path, port: int | None = None, prefer: Kind | None = None) -> RedisServer:
     """Start Redis on a free 127.0.0.1 port and wait until it answers PING.
 
     prefer="fakeredis" forces the fallback (used to test it); by default a real
@@ -122,8 +126,9 @@ def start_redis(
     else:
         process = _fakeredis_process(port, data_dir)
     process.start()
-    if not wait_until(lambda: ping(port), START_TIMEOUT, interval=0.05,
-                      abort=lambda: not process.alive()):
+    if not wait_until(
+        lambda: ping(port), START_TIMEOUT, interval=0.05, abort=lambda: not process.alive()
+    ):
         code = process.returncode
         process.stop()
         raise RuntimeError(

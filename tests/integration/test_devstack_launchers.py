@@ -161,9 +161,7 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-def test_exact_signed_put_succeeds_once(
-    s3_client: Any, bucket: str, http: httpx.Client
-) -> None:
+def test_exact_signed_put_succeeds_once(s3_client: Any, bucket: str, http: httpx.Client) -> None:
     signed = presign_put(s3_client, bucket, BODY)
 
     first = http.put(signed.url, content=signed.body, headers=signed.headers)
@@ -179,14 +177,22 @@ def test_exact_signed_put_succeeds_once(
 
 
 TAMPERED = {
-    "other content type": (lambda s: {**s.headers, "Content-Type": "image/png"}, BODY, 403,
-                           "SignatureDoesNotMatch"),
+    "other content type": (
+        lambda s: {**s.headers, "Content-Type": "image/png"},
+        BODY,
+        403,
+        "SignatureDoesNotMatch",
+    ),
     "one byte longer": (lambda s: s.headers, BODY + b"\x00", 403, "SignatureDoesNotMatch"),
     "one byte shorter": (lambda s: s.headers, BODY[:-1], 403, "SignatureDoesNotMatch"),
     # Same length, so only the checksum can tell: S3 answers 400, not 403.
     "other bytes": (lambda s: s.headers, BODY[:-1] + b"\x01", 400, "BadDigest"),
-    "extra unsigned header": (lambda s: {**s.headers, "x-amz-meta-x": "1"}, BODY, 403,
-                              "AccessDenied"),
+    "extra unsigned header": (
+        lambda s: {**s.headers, "x-amz-meta-x": "1"},
+        BODY,
+        403,
+        "AccessDenied",
+    ),
 }
 
 

@@ -274,7 +274,7 @@ def test_gif_javascript_polyglot_is_rejected() -> None:
     width = struct.unpack("<H", b"/*")[0]
     gif = encode(Image.new("P", (width, 1)), "GIF")
     assert b"*/" not in gif
-    polyglot = gif + b"*/=alert(document.cookie);//"
+    polyglot = b"GIF89a" + gif[6:] + b"*/=alert(document.cookie);//"  # Pillow writes 87a
     assert polyglot.startswith(b"GIF89a/*")
     with Image.open(io.BytesIO(polyglot)) as check:  # prove it really is a GIF too
         assert check.format == "GIF"
@@ -527,11 +527,14 @@ def test_other_modes_become_rgb(coffee: Image.Image, mode: str) -> None:
 
 
 def test_sanitize_heic_keeps_container_rotation(coffee: Image.Image) -> None:
-    # pillow-heif turns EXIF orientation into the container's irot box, which libheif
-    # applies on decode; sanitize must not rotate a second time.
+    # HEIF readers must ignore EXIF orientation and apply the container's irot/imir boxes
+    # (libheif does, on decode); sanitize must not rotate a second time. pillow-heif
+    # writes irot from EXIF orientation only when given raw EXIF bytes: passing an
+    # Image.Exif object stores a sideways picture that every reader shows sideways.
     exif = Image.Exif()
     exif[ORIENTATION] = 6
-    data = encode(coffee.transpose(Image.Transpose.ROTATE_90), "HEIF", exif=exif, quality=90)
+    stored = coffee.transpose(Image.Transpose.ROTATE_90)
+    data = encode(stored, "HEIF", exif=exif.tobytes(), quality=90)
     _, image = inspect_and_decode(data, "image/heic", MAX_PIXELS)
 
     result = sanitize(image)

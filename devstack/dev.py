@@ -1,0 +1,147 @@
+"""`hairfluencer dev`: the whole system on embedded defaults, on one machine.
+
+Starts, in this order: the signature-checking S3 endpoint (LocalStack's S3 in
+host mode; moto only as a loudly announced fallback), Redis (the machine's
+redis-server, else an embedded one), migrations on SQLite, bucket setup, then a
+Celery worker, celery beat and the API under gunicorn. Waits until /readyz is
+200, prints the URLs and a development token, and stops everything it started
+on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import click
+import httpx
+
+from devstack.localstack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, start_s3
+from devstack.procs import ManagedProcess, free_port, tail, wait_until
+from devstack.redis_server import start_redis
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA_DIR = REPO_ROOT / ".devstack" / "dev"
+DEV_USER = "dev-user"
+READY_TIMEOUT = 120.0
+
+
+def stack_environment(data_dir: Path, s3_url: str, redis_url: str) -> dict[str, str]:
+    """Settings for every process of the local stack (explicit values win)."""
+    env = dict(os.environ)
+    defaults = {
+        "HAIRFLUENCER_ENV": "development",
+        "DATABASE_URL": f"sqlite:///{data_dir / 'hairfluencer.sqlite3'}",
+        "S3_ENDPOINT_URL": s3_url,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "S3_REGION": REGION,
+        "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "prometheus"),
+    }
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    # The stack's own servers are not optional: they replace any ambient value.
+    env["REDIS_URL"] = redis_url
+    env["CELERY_BROKER_URL"] = redis_url
+    env["S3_ENDPOINT_URL"] = s3_url
+    return env
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+@contextmanager
+def running_stack(port: int, data_dir: Path, workers: int = 2) -> Iterator[dict[str, str]]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    logs = data_dir / "logs"
+    with ExitStack() as stack:
+        s3 = start_s3(data_dir=data_dir)
+        stack.callback(s3.stop)
+        redis = start_redis(data_dir / "redis")
+        stack.callback(redis.stop)
+        env = stack_environment(data_dir, s3.endpoint_url, redis.url)
+        prom = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+        prom.mkdir(parents=True, exist_ok=True)
+        for stale in prom.glob("*.db"):
+            stale.unlink()
+        hairfluencer = _bin("hairfluencer")
+        subprocess.run([hairfluencer, "migrate"], env=env, check=True, capture_output=True)
+        subprocess.run([hairfluencer, "setup-storage"], env=env, check=True,
+                       capture_output=True)
+        processes = [
+            ManagedProcess([_bin("celery"), "-A", "worker.app", "worker",
+                            "-Q", "default,uploads,maintenance", "-c", str(workers),
+                            "--loglevel", "INFO", "-n", f"dev-{port}@%h"],
+                           logs / "worker.log", env=env, cwd=REPO_ROOT, name="worker"),
+            ManagedProcess([_bin("celery"), "-A", "worker.app", "beat", "--loglevel", "INFO",
+                            "-s", str(data_dir / "beat-schedule")],
+                           logs / "beat.log", env=env, cwd=REPO_ROOT, name="beat"),
+            ManagedProcess([_bin("gunicorn"), "-b", f"127.0.0.1:{port}", "-w", "2",
+                            "--access-logfile", "-", "api.wsgi:app"],
+                           logs / "api.log", env=env, cwd=REPO_ROOT, name="api"),
+        ]
+        for process in processes:
+            process.start()
+            stack.callback(process.stop)
+        base = f"http://127.0.0.1:{port}"
+        if not wait_until(lambda: _ready(base) or not all(p.alive() for p in processes),
+                          timeout=READY_TIMEOUT, interval=0.5) or not _ready(base):
+            dead = [p for p in processes if not p.alive()] or processes
+            raise click.ClickException("the stack did not become ready:\n" + "\n".join(
+                f"--- {p.name} ---\n{tail(p.log_path)}" for p in dead))
+        env["HF_BASE_URL"] = base
+        env["HF_S3_KIND"] = type(s3).__name__
+        yield env
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@click.command("dev")
+@click.option("--port", default=8000, show_default=True, help="API port (0 = a free one).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR,
+              show_default=True, help="Where the SQLite file, logs and S3 data live.")
+@click.option("--workers", default=2, show_default=True, help="Celery worker concurrency.")
+def dev_command(port: int, data_dir: Path, workers: int) -> None:
+    """Run API, worker, beat, Redis and a signature-checking S3 locally."""
+    port = port or free_port()
+    stop = {"now": False}
+
+    def _stop(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with running_stack(port, data_dir.resolve(), workers) as env:
+        token = subprocess.run([_bin("hairfluencer"), "token", DEV_USER], env=env, check=True,
+                               capture_output=True, text=True).stdout.strip()
+        base = env["HF_BASE_URL"]
+        click.echo(f"""
+Hairfluencer is running (embedded defaults).
+  API         {base}      docs {base}/docs   OpenAPI {base}/openapi.json
+  health      {base}/healthz   {base}/readyz   metrics {base}/metrics
+  S3          {env['S3_ENDPOINT_URL']} ({env['HF_S3_KIND']}; key/secret test/test)
+  Redis       {env['REDIS_URL']}
+  database    {env['DATABASE_URL']}
+  logs        {data_dir / 'logs'}
+  user        {DEV_USER}
+  token       {token}
+
+  curl -H "Authorization: Bearer $TOKEN" {base}/v1/uploads
+READY {base}
+""", nl=True)
+        sys.stdout.flush()
+        while not stop["now"]:
+            time.sleep(0.3)
+    click.echo("stopped")

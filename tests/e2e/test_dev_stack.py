@@ -1,0 +1,109 @@
+"""`hairfluencer dev` itself, on its SQLite default: API, worker and beat write
+at once while several selfies go through presign → PUT → confirm → ready."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.test_upload_flow import sha256_b64, with_gps_exif
+from tests.conftest import SECRET_MARKERS, fixture_bytes
+
+HAIRFLUENCER = str(Path(sys.executable).with_name("hairfluencer"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    data_dir = tmp_path_factory.mktemp("devstack")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DATABASE_URL", "REDIS_URL", "S3_", "CELERY_"))}
+    env["BEAT_INTERVAL_SECONDS"] = "1"  # beat writes continuously during the test
+    env["VALIDATION_STALE_SECONDS"] = "2"
+    out = data_dir / "dev.out"
+    with out.open("wb") as sink:
+        process = subprocess.Popen([HAIRFLUENCER, "dev", "--port", "0", "--data-dir",
+                                    str(data_dir)], stdout=sink, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 150
+            while time.monotonic() < deadline:
+                text = out.read_text(errors="replace")
+                if "READY " in text or process.poll() is not None:
+                    break
+                time.sleep(0.5)
+            text = out.read_text(errors="replace")
+            assert "READY " in text, text[-3000:]
+            base = re.search(r"READY (\S+)", text)[1]  # type: ignore[index]
+            token = re.search(r"token\s+(\S+)", text)[1]  # type: ignore[index]
+            yield {"base": base, "token": token, "data_dir": str(data_dir)}
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def _upload(stack: dict[str, str], data: bytes, content_type: str = "image/jpeg") -> dict:
+    headers = {"Authorization": f"Bearer {stack['token']}", "Accept-Language": "es"}
+    with httpx.Client(base_url=stack["base"], headers=headers, timeout=20) as api:
+        issued = api.post("/v1/uploads/presign", json={
+            "contentType": content_type, "contentLength": len(data),
+            "checksum": sha256_b64(data)}).json()
+        put = httpx.put(issued["uploadUrl"], content=data, headers=issued["headers"], timeout=20)
+        assert put.status_code == 200, put.text
+        assert api.post("/v1/uploads/confirm", json={"key": issued["key"]}).status_code == 202
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            response = api.get(f"/v1/uploads/{issued['uploadId']}")
+            if response.status_code == 429:  # six clients polling share one user's rate
+                time.sleep(int(response.headers["Retry-After"]))
+                continue
+            body = response.json()
+            if body["status"] in ("ready", "rejected"):
+                return body
+            time.sleep(0.5)
+    raise AssertionError(f"upload stuck: {body}")
+
+
+def test_concurrent_uploads_through_the_dev_stack(stack):
+    photo = with_gps_exif(fixture_bytes("astronaut.jpg"))
+    junk = os.urandom(4096)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        good = [pool.submit(_upload, stack, photo) for _ in range(5)]
+        bad = pool.submit(_upload, stack, junk)
+        results = [f.result() for f in good]
+        rejected = bad.result()
+    assert [r["status"] for r in results] == ["ready"] * 5
+    assert rejected["status"] == "rejected"
+    assert rejected["rejection"]["code"] == "upload.undecodable"
+    assert rejected["rejection"]["message"].startswith("No pudimos leer")
+
+    data_dir = Path(stack["data_dir"])
+    db = sqlite3.connect(data_dir / "hairfluencer.sqlite3")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    actions = dict(db.execute("SELECT action, count(*) FROM audit_events GROUP BY action"))
+    assert actions["upload.validated"] == 5 and actions["upload.rejected"] == 1
+    # beat ran its tasks against the same SQLite file meanwhile
+    worker_log = (data_dir / "logs" / "worker.log").read_text()
+    assert "maintenance.purge_raw_uploads" in worker_log
+    for log_file in (data_dir / "logs").glob("*.log"):
+        text = log_file.read_text(errors="replace")
+        assert "database is locked" not in text
+        for marker in SECRET_MARKERS:
+            assert marker not in text, f"{marker} in {log_file.name}"
+
+
+def test_ready_and_metrics(stack):
+    assert httpx.get(f"{stack['base']}/readyz").json()["checks"] == {
+        "database": "ok", "redis": "ok", "storage": "ok"}
+    metrics = httpx.get(f"{stack['base']}/metrics").text
+    assert "upload_issued_total" in metrics

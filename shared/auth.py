@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
@@ -56,7 +57,7 @@ class TokenVerifier:
 
     def _decode(self, token: str) -> dict[str, object]:
         s = self._settings
-        options = {"require": ["exp", "sub"]}
+        options: Any = {"require": ["exp", "sub"]}
         header = jwt.get_unverified_header(token)
         alg = header.get("alg")
         if self._jwks is not None and alg in ASYMMETRIC_ALGORITHMS:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Development-only HS256 secret shared by `hairfluencer dev` and `hairfluencer token`
@@ -26,7 +27,7 @@ class ConfigError(ValueError):
     """The environment describes an impossible or unsafe configuration."""
 
 
-def _env(name: str, default: str, doc: str) -> str:
+def _env(name: str, default: str, doc: str) -> Any:
     return field(default=default, metadata={"env": name, "doc": doc})
 
 

@@ -14,7 +14,8 @@ EXTENSIONS = {
     "image/heif": "heif",
 }
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-RAW_KEY = re.compile(rf"^uploads/(?P<user>[A-Za-z0-9_-]{{1,64}})/(?P<id>{_UUID})\.(?:jpg|png|webp|heic|heif)$")
+RAW_KEY = re.compile(
+    rf"^uploads/(?P<user>[A-Za-z0-9_-]{{1,64}})/(?P<id>{_UUID})\.(?:jpg|png|webp|heic|heif)$")
 SANITIZED_KEY = re.compile(rf"^sanitized/[A-Za-z0-9_-]{{1,64}}/{_UUID}\.jpg$")
 
 

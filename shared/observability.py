@@ -91,6 +91,9 @@ class ContextFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
+            # Formatters re-render exc_info from the live exception; keep only the
+            # redacted text.
+            record.exc_info = None
         for name, value in list(vars(record).items()):
             if name not in _STANDARD_ATTRS and isinstance(value, str | dict | list | tuple):
                 setattr(record, name, redact_any(value))
@@ -135,7 +138,7 @@ def install_redaction(logger: logging.Logger | None = None) -> None:
 # --- Sentry ----------------------------------------------------------------
 
 def scrub_sentry_event(event: dict[str, Any], _hint: Any) -> dict[str, Any]:
-    return redact_any(event)  # type: ignore[no-any-return]
+    return redact_any(event)
 
 
 def init_sentry(dsn: str, environment: str, integrations: list[Any]) -> None:

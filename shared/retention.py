@@ -13,6 +13,7 @@ from datetime import timedelta
 from sqlalchemy import select, update
 
 from shared import audit
+from shared.db import updated_rows
 from shared.models import Upload, UploadStatus
 from shared.services import Services
 from shared.uploads import VALIDATE_TASK, erase_objects
@@ -65,9 +66,9 @@ def expire_unconfirmed(svc: Services) -> int:
     for upload in rows:
         svc.storage.delete(svc.settings.uploads_bucket, upload.key)
         with svc.sessions.begin() as session:
-            done = session.execute(update(Upload).where(
+            done = updated_rows(session, update(Upload).where(
                 Upload.id == upload.id, Upload.status == UploadStatus.PENDING).values(
-                status=UploadStatus.EXPIRED, raw_purged_at=now)).rowcount
+                status=UploadStatus.EXPIRED, raw_purged_at=now))
             if done:
                 audit.record(session, at=now, user_id=upload.user_id, action="upload.expired",
                              subject_type="upload", subject_id=upload.id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -26,29 +27,37 @@ def apply(settings: Settings, *, create: bool = True) -> Iterator[str]:
     client = S3Storage(settings).client
     for bucket, lifecycle in ((settings.uploads_bucket, _uploads_lifecycle()),
                               (settings.processed_bucket, _processed_lifecycle())):
-        if create:
-            yield _step(bucket, "bucket", lambda b=bucket: _create(client, b, settings.s3_region))
-        yield _step(bucket, "public access block", lambda b=bucket: client.put_public_access_block(
-            Bucket=b, PublicAccessBlockConfiguration={
-                "BlockPublicAcls": True, "IgnorePublicAcls": True,
-                "BlockPublicPolicy": True, "RestrictPublicBuckets": True}))
-        yield _step(bucket, "default encryption", lambda b=bucket: client.put_bucket_encryption(
-            Bucket=b, ServerSideEncryptionConfiguration={"Rules": [_encryption_rule(settings)]}))
-        if settings.s3_endpoint_url.startswith("http://"):
-            # A plain-HTTP endpoint (local MinIO/LocalStack) would lock us out.
-            yield f"{bucket}: TLS-only policy: skipped (endpoint is plain HTTP)"
-        else:
-            yield _step(bucket, "TLS-only policy", lambda b=bucket: client.put_bucket_policy(
-                Bucket=b, Policy=json.dumps(_tls_only_policy(b))))
-        if settings.cors_origins:
-            yield _step(bucket, "CORS", lambda b=bucket: client.put_bucket_cors(
-                Bucket=b, CORSConfiguration=_cors(settings.cors_origins)))
-        yield _step(bucket, "lifecycle", lambda b=bucket, rules=lifecycle:
-                    client.put_bucket_lifecycle_configuration(
-                        Bucket=b, LifecycleConfiguration={"Rules": rules}))
+        for what, action in _steps(client, bucket, lifecycle, settings, create):
+            yield _step(bucket, what, action)
 
 
-def _step(bucket: str, what: str, action: Callable[[], Any]) -> str:
+def _steps(client: Any, bucket: str, lifecycle: list[dict[str, Any]], settings: Settings,
+           create: bool) -> Iterator[tuple[str, Callable[[], Any] | None]]:
+    if create:
+        yield "bucket", partial(_create, client, bucket, settings.s3_region)
+    yield "public access block", partial(
+        client.put_public_access_block, Bucket=bucket, PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True, "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
+    yield "default encryption", partial(
+        client.put_bucket_encryption, Bucket=bucket,
+        ServerSideEncryptionConfiguration={"Rules": [_encryption_rule(settings)]})
+    if settings.s3_endpoint_url.startswith("http://"):
+        # A plain-HTTP endpoint (local MinIO/LocalStack) would lock us out.
+        yield "TLS-only policy (skipped: endpoint is plain HTTP)", None
+    else:
+        yield "TLS-only policy", partial(client.put_bucket_policy, Bucket=bucket,
+                                         Policy=json.dumps(_tls_only_policy(bucket)))
+    if settings.cors_origins:
+        yield "CORS", partial(client.put_bucket_cors, Bucket=bucket,
+                              CORSConfiguration=_cors(settings.cors_origins))
+    yield "lifecycle", partial(client.put_bucket_lifecycle_configuration, Bucket=bucket,
+                               LifecycleConfiguration={"Rules": lifecycle})
+
+
+def _step(bucket: str, what: str, action: Callable[[], Any] | None) -> str:
+    if action is None:
+        return f"{bucket}: {what}"
     try:
         action()
     except ClientError as exc:

@@ -19,6 +19,7 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import audit, metrics
+from shared.db import updated_rows
 from shared.errors import AppError
 from shared.keys import EXTENSIONS, parse_raw_key, raw_upload_key
 from shared.models import Upload, UploadStatus
@@ -106,11 +107,10 @@ def confirm(svc: Services, user_id: str, key: str, *, width: int | None = None,
 
     with svc.sessions.begin() as session:
         # Conditional update: of two concurrent confirms exactly one wins.
-        won = session.execute(
-            update(Upload).where(Upload.id == upload.id, Upload.status == UploadStatus.PENDING)
-            .values(status=UploadStatus.VALIDATING, confirmed_at=now, size_bytes=info.size,
-                    client_width=width, client_height=height)
-        ).rowcount
+        won = updated_rows(session, update(Upload).where(
+            Upload.id == upload.id, Upload.status == UploadStatus.PENDING).values(
+            status=UploadStatus.VALIDATING, confirmed_at=now, size_bytes=info.size,
+            client_width=width, client_height=height))
         if not won:
             raise AppError("upload.already_confirmed")
         audit.record(session, at=now, user_id=user_id, action="upload.confirmed",

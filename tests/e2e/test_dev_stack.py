@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_upload_flow import sha256_b64, with_gps_exif
 from tests.conftest import SECRET_MARKERS, fixture_bytes
+from tests.integration.test_upload_flow import sha256_b64, with_gps_exif
 
 HAIRFLUENCER = str(Path(sys.executable).with_name("hairfluencer"))
 

@@ -283,3 +283,20 @@ def test_confirm_with_broker_down_is_reconciled(client, auth, svc, dispatch):
     assert retention.resend_stale_validations(svc) == 1
     body = client.get(f"/v1/uploads/{issued['uploadId']}", headers=auth()).get_json()
     assert body["status"] == "ready"
+
+
+# --- optional hooks, switched on by configuration -----------------------------
+
+def test_face_detection_hook_rejects_a_photo_without_a_face(client, auth, svc):
+    from dataclasses import replace
+
+    svc.settings = replace(svc.settings, face_detection=True)
+    headers = auth("yara")
+    from tests.integration.test_upload_flow import upload_ready
+
+    assert upload_ready(client, headers, fixture_bytes("astronaut.jpg"))["status"] == "ready"
+    body = upload_ready(client, headers, fixture_bytes("coffee.jpg"))
+    assert body["status"] == "rejected"
+    assert body["rejection"]["code"] == "upload.no_face"
+    body = upload_ready(client, headers, fixture_bytes("chelsea.jpg"))
+    assert body["rejection"]["code"] == "upload.no_face"

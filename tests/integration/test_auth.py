@@ -1,0 +1,169 @@
+"""Bearer-token checks against a real JWKS endpoint (RS256 and EdDSA) and the
+development HS256 secret: every bad token is 401 with a localized message."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
+
+from shared.i18n import MESSAGES
+from tests.conftest import DEV_SECRET, make_settings
+
+ISSUER = "https://auth.hairfluencer.test"
+AUDIENCE = "hairfluencer-api"
+
+
+class Keys:
+    def __init__(self) -> None:
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ed = ed25519.Ed25519PrivateKey.generate()
+        self.fetches = 0
+
+    def jwks(self) -> dict[str, Any]:
+        rsa_jwk = json.loads(RSAAlgorithm.to_jwk(self.rsa.public_key()))
+        ed_jwk = json.loads(OKPAlgorithm.to_jwk(self.ed.public_key()))
+        rsa_jwk.update(kid="rsa-1", alg="RS256", use="sig")
+        ed_jwk.update(kid="ed-1", alg="EdDSA", use="sig")
+        return {"keys": [rsa_jwk, ed_jwk]}
+
+
+@pytest.fixture(scope="module")
+def jwks_server() -> Iterator[tuple[str, Keys]]:
+    keys = Keys()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            keys.fetches += 1
+            body = json.dumps(keys.jwks()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json", keys
+    server.shutdown()
+
+
+@pytest.fixture
+def jwks_client(jwks_server, pg_url, s3_endpoint, buckets, svc, quotas):
+    from api.app import create_app
+
+    url, keys = jwks_server
+    settings = make_settings(database_url=pg_url, s3_endpoint_url=s3_endpoint,
+                             uploads_bucket=buckets[0], processed_bucket=buckets[1],
+                             jwt_jwks_url=url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE,
+                             jwt_dev_secret="")
+    app = create_app(settings, svc, quotas, configure_logs=False)
+    return app.test_client(), keys
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {"sub": "user_42", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def rs256(keys: Keys, **overrides: Any) -> str:
+    return jwt.encode(claims(**overrides), keys.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
+
+
+def eddsa(keys: Keys, **overrides: Any) -> str:
+    return jwt.encode(claims(**overrides), keys.ed, algorithm="EdDSA", headers={"kid": "ed-1"})
+
+
+def get(client, token: str | None, locale: str = "en", raw: str | None = None):
+    headers = {"Accept-Language": locale}
+    if raw is not None:
+        headers["Authorization"] = raw
+    elif token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return client.get("/v1/uploads", headers=headers)
+
+
+def test_rs256_and_eddsa_tokens_from_jwks_are_accepted_and_keys_cached(jwks_client):
+    client, keys = jwks_client
+    before = keys.fetches
+    for _ in range(3):
+        assert get(client, rs256(keys)).status_code == 200
+        assert get(client, eddsa(keys)).status_code == 200
+    assert keys.fetches - before <= 1
+
+
+def _none_alg_token() -> str:
+    header = jwt.utils.base64url_encode(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    payload = jwt.utils.base64url_encode(json.dumps(claims()).encode())
+    return f"{header.decode()}.{payload.decode()}."
+
+
+def _other_rsa_key_token() -> str:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return jwt.encode(claims(), other, algorithm="RS256", headers={"kid": "rsa-1"})
+
+
+BAD_TOKENS = {
+    "missing": (lambda keys: None, "auth.missing_token"),
+    "malformed": (lambda keys: "not.a.jwt", "auth.invalid_token"),
+    "alg none": (lambda keys: _none_alg_token(), "auth.invalid_token"),
+    "forged (other key)": (lambda keys: _other_rsa_key_token(), "auth.invalid_token"),
+    "wrong issuer": (lambda keys: rs256(keys, iss="https://evil.test"), "auth.invalid_token"),
+    "wrong audience": (lambda keys: eddsa(keys, aud="another-api"), "auth.invalid_token"),
+    "expired": (lambda keys: rs256(keys, exp=int(time.time()) - 3600), "auth.expired_token"),
+    "no exp": (lambda keys: rs256(keys, exp=None), "auth.invalid_token"),
+    "sub unsafe for keys": (lambda keys: rs256(keys, sub="../bob"), "auth.invalid_token"),
+    "HS256 when only JWKS is trusted": (
+        lambda keys: jwt.encode(claims(), DEV_SECRET, algorithm="HS256"), "auth.invalid_token"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_TOKENS))
+@pytest.mark.parametrize("locale", ["en", "es"])
+def test_bad_tokens_are_401(jwks_client, case, locale):
+    client, keys = jwks_client
+    make, code = BAD_TOKENS[case]
+    response = get(client, make(keys), locale)
+    assert response.status_code == 401
+    error = response.get_json()["error"]
+    assert error["code"] == code
+    assert error["message"] == MESSAGES[code][locale]
+
+
+def test_wrong_scheme_is_401(jwks_client):
+    client, keys = jwks_client
+    response = get(client, None, raw=f"Basic {rs256(keys)}")
+    assert response.get_json()["error"]["code"] == "auth.invalid_token"
+
+
+def test_dev_tokens(client, token):
+    assert client.get("/v1/uploads", headers={"Authorization": f"Bearer {token('dev')}"}
+                      ).status_code == 200
+    other_secret = "another-secret-that-is-at-least-32-bytes-long"
+    forged = jwt.encode(claims(aud="hairfluencer-api", iss=None), other_secret, algorithm="HS256")
+    response = client.get("/v1/uploads", headers={"Authorization": f"Bearer {forged}"})
+    assert response.status_code == 401
+
+
+def test_production_refuses_the_dev_secret():
+    from shared.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        make_settings(env="production")
+    settings = make_settings(env="production", jwt_dev_secret="", jwt_jwks_url="https://x/jwks",
+                             jwt_issuer=ISSUER)
+    assert settings.jwt_dev_secret == ""

@@ -25,7 +25,8 @@ broker_transport_options = {"visibility_timeout": 3600}
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 2
 task_default_queue = "default"
-task_routes = {"uploads.*": {"queue": "uploads"}, "maintenance.*": {"queue": "maintenance"}}
+task_routes = {"uploads.*": {"queue": "uploads"}, "tryons.*": {"queue": "tryons"},
+               "maintenance.*": {"queue": "maintenance"}}
 worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False
@@ -40,6 +41,10 @@ beat_schedule = {
                           "schedule": _every, "options": {"expires": _every}},
     "upload-retention": {"task": "maintenance.upload_retention",
                          "schedule": _every * 5, "options": {"expires": _every * 5}},
+    "reconcile-tryons": {"task": "maintenance.reconcile_tryons",
+                         "schedule": _every, "options": {"expires": _every}},
+    "tryon-retention": {"task": "maintenance.tryon_retention",
+                        "schedule": _every * 5, "options": {"expires": _every * 5}},
     "remove-orphans": {"task": "maintenance.remove_orphans",
                        "schedule": _every * 15, "options": {"expires": _every * 15}},
 }

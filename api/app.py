@@ -8,11 +8,14 @@ from flask import Flask
 from flask_smorest import Api
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import context, health
+from api import context, health, webhooks
 from api.errors import register_error_handlers
+from api.tryons.resources import blp as tryons_blp
 from api.uploads.resources import blp as uploads_blp
 from shared.auth import TokenVerifier
 from shared.config import Settings, get_settings
+from shared.fal_webhooks import FalWebhookVerifier
+from shared.idempotency import IdempotencyStore
 from shared.observability import configure_logging, init_sentry
 from shared.quota import QuotaService
 from shared.services import Services
@@ -49,12 +52,20 @@ def create_app(settings: Settings | None = None, svc: Services | None = None,
     if settings.trusted_proxy_count:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
     app.extensions["hairfluencer"] = svc or Services.from_settings(settings)
-    app.extensions["hairfluencer.quotas"] = quotas or QuotaService(
+    quotas = quotas or QuotaService(
         settings.redis_url, presign_daily=settings.presign_daily_quota,
-        user_rate=settings.user_rate, ip_rate=settings.ip_rate)
+        user_rate=settings.user_rate, ip_rate=settings.ip_rate,
+        tryon_daily=settings.tryon_daily_quota)
+    app.extensions["hairfluencer.quotas"] = quotas
+    app.extensions["hairfluencer.idempotency"] = IdempotencyStore(quotas.redis_url,
+                                                                  quotas.namespace)
+    app.extensions["hairfluencer.fal_webhooks"] = FalWebhookVerifier(
+        settings.fal_webhook_jwks_url)
 
     api = Api(app)
     api.register_blueprint(uploads_blp)
+    api.register_blueprint(tryons_blp)
+    api.register_blueprint(webhooks.blp)
     app.register_blueprint(health.blp)
     context.install(app, TokenVerifier(settings), app.extensions["hairfluencer.quotas"])
     register_error_handlers(app)

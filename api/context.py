@@ -32,10 +32,11 @@ def install(app: Flask, verifier: TokenVerifier, quotas: QuotaService) -> None:
         g.correlation_token = set_correlation_id(g.correlation_id)
         if not request.path.startswith("/v1/"):
             return
+        if request.path.startswith(PUBLIC_PREFIXES):
+            # Signature-verified callbacks: throttling them would only make fal retry.
+            return
         ip = request.remote_addr or "unknown"  # ProxyFix has applied X-Forwarded-For
         quotas.check_request_rate(None, ip)
-        if request.path.startswith(PUBLIC_PREFIXES):
-            return
         g.user_id = _authenticate(verifier)
         quotas.check_request_rate(g.user_id, ip)
 

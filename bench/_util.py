@@ -123,6 +123,13 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
+def system_busy_seconds() -> float:
+    """Busy CPU time of the whole machine (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
 def pids_by_comm(*names: str) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
@@ -182,6 +189,7 @@ def run_wrk(url: str, script: Path, *, threads: int, connections: int, duration:
     groups = {k: f() for k, f in (cpu_groups or {}).items()}
     before = {k: cpu_ticks(p) for k, p in groups.items()}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0 = system_busy_seconds()
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -198,6 +206,11 @@ def run_wrk(url: str, script: Path, *, threads: int, connections: int, duration:
     # wrk's own CPU: the only child reaped during this call (gunicorn is still running).
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu["wrk"] = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    busy = system_busy_seconds() - busy0
+    if groups:
+        # Everything else on the box (other users' tests, kernel softirq, ...): noise gauge.
+        cpu["other"] = max(0.0, busy - sum(cpu.values()))
+    res["machine_busy_fraction"] = round(busy / (wall * (os.cpu_count() or 1)), 3)
     res["cpu_seconds"] = {k: round(v, 2) for k, v in cpu.items()}
     res["cpu_seconds_total"] = round(sum(cpu.values()), 2)
     res["wall_seconds"] = round(wall, 2)

@@ -121,39 +121,51 @@ def _run_logged(args: list[str], log_path: Path) -> None:
         )
 
 
-def ensure_installed(venv_dir: Path = DEFAULT_VENV_DIR) -> Path:
-    """Create/update the LocalStack venv at venv_dir and return its python.
+def install_log_path(venv_dir: Path) -> Path:
+    # Beside the venv, not inside: `venv --clear` would delete it mid-install.
+    return venv_dir.with_name(f"{venv_dir.name}.install.log")
 
-    Fast (one file read) when the marker shows the current pins are installed.
+
+def _refuse_foreign_directory(venv_dir: Path) -> None:
+    # `venv --clear` empties the directory, so it must be empty or a venv already.
+    if venv_dir.is_dir() and any(venv_dir.iterdir()) and not (venv_dir / "pyvenv.cfg").exists():
+        raise S3LaunchError(f"{venv_dir} is not a virtual environment; refusing to clear it")
+
+
+def _install(venv_dir: Path) -> None:
+    _refuse_foreign_directory(venv_dir)
+    started = time.monotonic()
+    log.info("installing LocalStack into %s (about 35 s)", venv_dir)
+    install_log = install_log_path(venv_dir)
+    install_log.write_bytes(b"")  # one attempt per log: its tail must show this failure
+    # Rebuilt from scratch rather than patched, so that no package of an earlier pin set
+    # or of another Python version survives: the venv holds exactly LOCALSTACK_PINS.
+    _run_logged([sys.executable, "-m", "venv", "--clear", str(venv_dir)], install_log)
+    pip_install = [
+        str(_venv_python(venv_dir)),
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        *LOCALSTACK_PINS,
+    ]
+    _run_logged(pip_install, install_log)
+    # Written last: a marker only ever describes a completed installation.
+    (venv_dir / MARKER_NAME).write_text(_marker_text())
+    log.info("LocalStack installed in %.1f s", time.monotonic() - started)
+
+
+def ensure_installed(venv_dir: Path = DEFAULT_VENV_DIR) -> Path:
+    """Create (or rebuild) the LocalStack venv at venv_dir and return its python.
+
+    Costs one file read when the marker shows that the current pins are installed.
     """
-    python = _venv_python(venv_dir)
-    if is_installed(venv_dir):
-        return python
-    with _install_lock(venv_dir):
-        if is_installed(venv_dir):  # another process finished while we waited
-            return python
-        started = time.monotonic()
-        log.info("installing LocalStack into %s (about 30 s the first time)", venv_dir)
-        venv_dir.mkdir(parents=True, exist_ok=True)
-        install_log = venv_dir / "install.log"
-        (venv_dir / MARKER_NAME).unlink(missing_ok=True)
-        if not python.exists():
-            _run_logged([sys.executable, "-m", "venv", str(venv_dir)], install_log)
-        _run_logged(
-            [
-                str(python),
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--no-input",
-                *LOCALSTACK_PINS,
-            ],
-            install_log,
-        )
-        (venv_dir / MARKER_NAME).write_text(_marker_text())
-        log.info("LocalStack installed in %.1f s", time.monotonic() - started)
-    return python
+    if not is_installed(venv_dir):
+        with _install_lock(venv_dir):
+            if not is_installed(venv_dir):  # another process may have finished meanwhile
+                _install(venv_dir)
+    return _venv_python(venv_dir)
 
 
 # --------------------------------------------------------------------------- servers
@@ -219,15 +231,11 @@ class _S3Server:
         if not wait_until(ready, timeout, interval=0.2, abort=lambda: not process.alive()):
             code = process.returncode
             process.stop()
-            state = (
-                f"exited with code {code}" if code is not None else f"not ready in {timeout:.0f} s"
-            )
+            state = f"exited with code {code}" if code is not None else f"not ready in {timeout:.0f} s"
             raise S3LaunchError(
                 f"{self.name} {state}; last lines of {process.log_path}:\n{process.log_tail()}"
             )
-        log.info(
-            "%s ready at %s in %.1f s", self.name, self.endpoint_url, time.monotonic() - started
-        )
+        log.info("%s ready at %s in %.1f s", self.name, self.endpoint_url, time.monotonic() - started)
 
     def __enter__(self) -> Self:
         return self
@@ -245,9 +253,7 @@ class _S3Server:
         return f"<{type(self).__name__} {url}>"
 
 
-def localstack_env(
-    port: int, data_dir: Path, base: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def localstack_env(port: int, data_dir: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment LocalStack needs to check signatures and stay inside data_dir."""
     base = os.environ if base is None else base
     env = {key: base[key] for key in _INHERITED_ENV if key in base}
@@ -374,9 +380,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # The server runs in its own process group, so a SIGTERM aimed at us would orphan
-    # it; turning SIGTERM into KeyboardInterrupt lets the `with` block stop it.
+    # The server runs in its own process group, so a signal aimed at us would orphan
+    # it; turning SIGTERM (and SIGINT, which shells ignore in background jobs) into
+    # KeyboardInterrupt lets the `with` block stop it.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with start_s3(prefer=args.prefer, data_dir=args.data_dir, port=args.port) as s3:
         print(f"S3 endpoint:   {s3.endpoint_url}")
         print(f"credentials:   {ACCESS_KEY_ID} / {SECRET_ACCESS_KEY}, region {REGION}")

@@ -78,6 +78,34 @@ class Settings:
     ip_rate: str = _env("IP_RATE_LIMIT", "50/second", "Per-client-IP request rate.")
     trusted_proxy_count: int = _env("TRUSTED_PROXY_COUNT", "0",
                                     "How many proxies' X-Forwarded-For entries to trust.")
+    # Try-ons and fal.ai
+    fal_key: str = _env("FAL_KEY", "", "fal.ai API key (secret).")
+    fal_model_id: str = _env("FAL_MODEL_ID", "fal-ai/nano-banana/edit", "fal model endpoint.")
+    fal_queue_host: str = _env("FAL_QUEUE_HOST", "", "fal queue host[:port] (empty = fal's own, "
+                               "queue.fal.run); the dev stack points it at the emulator.")
+    fal_webhook_jwks_url: str = _env("FAL_WEBHOOK_JWKS_URL",
+                                     "https://rest.alpha.fal.ai/.well-known/jwks.json",
+                                     "JWKS whose Ed25519 keys sign fal's webhooks.")
+    fal_media_hosts: str = _env("FAL_MEDIA_HOSTS", "fal.media,v3.fal.media,v3b.fal.media",
+                                "Comma-separated hosts results may be downloaded from.")
+    public_base_url: str = _env("PUBLIC_BASE_URL", "", "Public base URL of this API; when set, "
+                                "fal completes jobs by webhook, else by polling.")
+    webhook_secret: str = _env("WEBHOOK_SECRET", "", "HMAC key for the job token in webhook URLs "
+                               "(development derives one from the dev secret).")
+    tryon_daily_quota: int = _env("TRYON_DAILY_QUOTA", "20", "Try-ons per user per day.")
+    upload_wait_seconds: int = _env("UPLOAD_WAIT_SECONDS", "60",
+                                    "How long a job waits for its upload's validation.")
+    fal_deadline_seconds: int = _env("FAL_DEADLINE_SECONDS", "120",
+                                     "Overall deadline from the first fal submit.")
+    fal_max_retries: int = _env("FAL_MAX_RETRIES", "3", "Retries of a retriable fal failure.")
+    fal_retry_base_seconds: float = _env("FAL_RETRY_BASE_SECONDS", "2",
+                                         "Backoff base: 2^n × base seconds, with jitter.")
+    fal_poll_seconds: float = _env("FAL_POLL_SECONDS", "2", "Status poll interval without webhooks.")
+    result_max_bytes: int = _env("RESULT_MAX_BYTES", str(20 * MIB), "Largest result downloaded.")
+    result_retention_days: int = _env("RESULT_RETENTION_DAYS", "7", "Result retention unless favorited.")
+    result_url_ttl_seconds: int = _env("RESULT_URL_TTL_SECONDS", "300", "Lifetime of result URLs.")
+    delete_selfie_after_job: bool = _env("DELETE_SELFIE_AFTER_JOB", "false",
+                                         "Delete the selfie as soon as its try-on is done.")
     # Auth
     jwt_jwks_url: str = _env("JWT_JWKS_URL", "", "JWKS of the auth server (RS256/EdDSA).")
     jwt_issuer: str = _env("JWT_ISSUER", "", "Required `iss`.")
@@ -87,6 +115,10 @@ class Settings:
     sentry_dsn: str = _env("SENTRY_DSN", "", "Sentry DSN; empty = off.")
     log_level: str = _env("LOG_LEVEL", "INFO", "Root log level.")
     beat_interval_seconds: int = _env("BEAT_INTERVAL_SECONDS", "60", "How often reconcilers and cleanup run.")
+
+    @property
+    def media_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.fal_media_hosts.split(",") if h.strip())
 
     @property
     def is_production(self) -> bool:
@@ -121,6 +153,11 @@ def _coerce(kind: object, raw: str, name: str) -> object:
             return int(raw)
         except ValueError:
             raise ConfigError(f"{name} must be an integer") from None
+    if kind in (float, "float"):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number") from None
     if kind in (bool, "bool"):
         return raw.strip().lower() in {"1", "true", "yes", "on"}
     return raw
@@ -136,6 +173,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)  # type: ignore[arg-type]
     if not settings.jwt_dev_secret and not settings.jwt_jwks_url and not settings.is_production:
         settings = _with(settings, jwt_dev_secret=_dev_secret())
+    if not settings.webhook_secret and not settings.is_production:
+        settings = _with(settings, webhook_secret=_derive(settings.jwt_dev_secret or "dev"))
     _check(settings)
     return settings
 
@@ -144,6 +183,12 @@ def _with(settings: Settings, **changes: object) -> Settings:
     from dataclasses import replace
 
     return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+def _derive(secret: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(b"webhook:" + secret.encode()).hexdigest()
 
 
 def _dev_secret() -> str:
@@ -169,6 +214,8 @@ def _check(s: Settings) -> None:
             raise ConfigError("JWT_DEV_SECRET (HS256) is for development only")
         if not s.jwt_jwks_url or not s.jwt_issuer:
             raise ConfigError("production needs JWT_JWKS_URL and JWT_ISSUER")
+        if s.public_base_url and len(s.webhook_secret) < 32:
+            raise ConfigError("production webhooks need WEBHOOK_SECRET (32+ characters)")
 
 
 @lru_cache(maxsize=1)

@@ -98,6 +98,74 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "This photo is not allowed. Please use a different selfie.",
         "es": "Esta foto no está permitida. Usa otro selfi.",
     },
+    "upload.not_ready": {
+        "en": "Your photo is still being checked. Please try again in a moment.",
+        "es": "Todavía estamos revisando tu foto. Inténtalo de nuevo en un momento.",
+    },
+    "upload.rejected": {
+        "en": "This photo cannot be used. Please upload a different selfie.",
+        "es": "Esta foto no se puede usar. Sube otro selfi.",
+    },
+    "tryon.not_found": {
+        "en": "We could not find this try-on.",
+        "es": "No encontramos esta prueba de peinado.",
+    },
+    "tryon.unknown_hairstyle": {
+        "en": "This hairstyle is not available.",
+        "es": "Este peinado no está disponible.",
+    },
+    "idempotency.conflict": {
+        "en": "This request key was already used for a different request.",
+        "es": "Esta clave de solicitud ya se usó para otra solicitud.",
+    },
+    "idempotency.in_progress": {
+        "en": "The same request is still being processed. Try again in a moment.",
+        "es": "La misma solicitud aún se está procesando. Inténtalo de nuevo en un momento.",
+    },
+    "webhook.invalid": {
+        "en": "The callback could not be verified.",
+        "es": "No se pudo verificar la llamada de retorno.",
+    },
+    "fal.timeout": {
+        "en": "Creating your new look took too long. Please try again.",
+        "es": "Crear tu nuevo look tardó demasiado. Inténtalo de nuevo.",
+    },
+    "fal.content_policy": {
+        "en": "This photo or request was blocked by the content policy. Try another selfie or style.",
+        "es": "La política de contenido bloqueó esta foto o solicitud. Prueba con otro selfi o estilo.",
+    },
+    "fal.rejected": {
+        "en": "We could not create a look from this photo. Try another selfie.",
+        "es": "No pudimos crear un look con esta foto. Prueba con otro selfi.",
+    },
+    "fal.no_result": {
+        "en": "No image was produced this time. Please try again.",
+        "es": "Esta vez no se generó ninguna imagen. Inténtalo de nuevo.",
+    },
+    "fal.input_unreachable": {
+        "en": "Your photo could not be delivered for processing. Please try again.",
+        "es": "No pudimos enviar tu foto para procesarla. Inténtalo de nuevo.",
+    },
+    "fal.unavailable": {
+        "en": "The styling service is busy right now. Please try again shortly.",
+        "es": "El servicio de peinados está ocupado ahora. Inténtalo de nuevo en breve.",
+    },
+    "fal.rate_limited": {
+        "en": "The styling service is busy right now. Please try again shortly.",
+        "es": "El servicio de peinados está ocupado ahora. Inténtalo de nuevo en breve.",
+    },
+    "fal.unauthorized": {
+        "en": "The styling service is temporarily unavailable. Please try again later.",
+        "es": "El servicio de peinados no está disponible por ahora. Inténtalo más tarde.",
+    },
+    "fal.bad_response": {
+        "en": "The styling service answered unexpectedly. Please try again.",
+        "es": "El servicio de peinados respondió de forma inesperada. Inténtalo de nuevo.",
+    },
+    "fal.bad_result": {
+        "en": "The new look could not be saved. Please try again.",
+        "es": "No se pudo guardar el nuevo look. Inténtalo de nuevo.",
+    },
     "quota.exceeded": {
         "en": "You have reached today's limit. Try again later.",
         "es": "Has alcanzado el límite de hoy. Inténtalo más tarde.",

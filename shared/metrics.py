@@ -21,3 +21,5 @@ QUEUE_LATENCY = Histogram("task_queue_latency_seconds",
 FAL_SUCCESS = Counter("fal_request_success_total", "fal.ai requests that succeeded")
 FAL_DURATION = Histogram("fal_request_duration_seconds", "fal.ai request duration",
                          buckets=(0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120))
+JOB_OUTCOMES = Counter("tryon_jobs_total", "Try-on jobs finished, by outcome", ["outcome"])
+FAL_SUBMITS = Counter("fal_submit_total", "fal submissions, by result", ["result"])

@@ -7,7 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, TypeDecorator
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -95,3 +95,47 @@ class AuditEvent(Base):
 
     __table_args__ = (Index("ix_audit_subject", "subject_type", "subject_id"),
                       Index("ix_audit_user", "user_id"))
+
+
+class JobStatus:
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class TryOn(Base):
+    """A try-on job. `attempt` counts fal submissions; a completion for any other
+    attempt than the current one is stale and ignored."""
+
+    __tablename__ = "try_ons"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    upload_id: Mapped[str] = mapped_column(String(36), nullable=False)
+    hairstyle_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    user_prompt: Mapped[str | None] = mapped_column(String(500))
+    locale: Mapped[str] = mapped_column(String(8), nullable=False, default="en")
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=JobStatus.QUEUED)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    fal_request_id: Mapped[str | None] = mapped_column(String(128))
+    first_submitted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    source_sha256: Mapped[str | None] = mapped_column(String(64))
+    result_key: Mapped[str | None] = mapped_column(String(255))
+    thumbnail_key: Mapped[str | None] = mapped_column(String(255))
+    result_sha256: Mapped[str | None] = mapped_column(String(64))
+    result_width: Mapped[int | None] = mapped_column(Integer)
+    result_height: Mapped[int | None] = mapped_column(Integer)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    favorite: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    delete_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        Index("ix_try_ons_user_created", "user_id", "created_at", "id"),
+        Index("ix_try_ons_status", "status"),
+        Index("ix_try_ons_upload", "upload_id"),
+    )

@@ -25,16 +25,19 @@ class Limits:
     presign_daily: RateLimitItem
     user_rate: RateLimitItem
     ip_rate: RateLimitItem
+    tryon_daily: RateLimitItem
 
 
 class QuotaService:
     def __init__(self, redis_url: str, *, presign_daily: int, user_rate: str, ip_rate: str,
-                 namespace: str = "hf") -> None:
+                 tryon_daily: int = 20, namespace: str = "hf") -> None:
+        self.redis_url, self.namespace = redis_url, namespace
         storage = RedisStorage(redis_url, key_prefix=f"{namespace}:limits",
                                socket_timeout=2, socket_connect_timeout=2)
         self._fixed = FixedWindowRateLimiter(storage)
         self._moving = MovingWindowRateLimiter(storage)
-        self.limits = Limits(parse(f"{presign_daily}/day"), parse(user_rate), parse(ip_rate))
+        self.limits = Limits(parse(f"{presign_daily}/day"), parse(user_rate), parse(ip_rate),
+                             parse(f"{tryon_daily}/day"))
 
     def check_request_rate(self, user_id: str | None, ip: str) -> None:
         self._hit(self._moving, self.limits.ip_rate, "rate.limited", "ip", ip)
@@ -43,6 +46,10 @@ class QuotaService:
 
     def consume_presign(self, user_id: str) -> None:
         self._hit(self._fixed, self.limits.presign_daily, "quota.exceeded", "presign", user_id)
+
+    def consume_tryon(self, user_id: str) -> None:
+        """Each try-on is a paid fal call: a daily quota per user."""
+        self._hit(self._fixed, self.limits.tryon_daily, "quota.exceeded", "tryon", user_id)
 
     def _hit(self, limiter: FixedWindowRateLimiter | MovingWindowRateLimiter,
              item: RateLimitItem, code: str, *identifiers: str) -> None:

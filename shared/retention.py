@@ -124,3 +124,18 @@ def _live_states(prefix: str) -> tuple[str, ...]:
         # Raw objects legitimately exist until purged, whatever the status.
         return (UploadStatus.PENDING, UploadStatus.VALIDATING, *DONE_STATES)
     return (UploadStatus.READY,)
+
+
+def delete_expired_results(svc: Services) -> int:
+    """Results past their retention (never favorites: their deleteAfter is empty)."""
+    from shared.models import TryOn
+    from shared.tryons import erase_job
+
+    now = svc.clock()
+    with svc.sessions() as session:
+        jobs = list(session.scalars(select(TryOn).where(
+            TryOn.favorite.is_(False), TryOn.delete_after.is_not(None),
+            TryOn.delete_after < now).limit(BATCH)))
+    for job in jobs:
+        erase_job(svc, job, reason="retention")
+    return len(jobs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -13,6 +14,9 @@ from shared.clock import Clock, utcnow
 from shared.config import Settings
 from shared.db import make_engine, make_session_factory
 from shared.storage import ObjectStorage, S3Storage
+
+if TYPE_CHECKING:
+    from shared.fal_gateway import FalGateway
 
 Dispatcher = Callable[..., bool]
 
@@ -37,6 +41,12 @@ class Services:
         engine = make_engine(settings.database_url)
         return cls(settings=settings, engine=engine, sessions=make_session_factory(engine),
                    storage=S3Storage(settings))
+
+    @cached_property
+    def fal(self) -> FalGateway:
+        from shared.fal_gateway import FalClientGateway
+
+        return FalClientGateway(self.settings)
 
     @cached_property
     def scanners(self) -> list[object]:

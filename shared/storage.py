@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import boto3
 from botocore.config import Config
@@ -52,7 +53,9 @@ class ObjectStorage(Protocol):
     def presign_get(self, bucket: str, key: str, *, expires_in: int) -> str: ...
     def head(self, bucket: str, key: str) -> ObjectInfo: ...
     def get_bytes(self, bucket: str, key: str, *, max_bytes: int) -> bytes: ...
-    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None: ...
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str,
+                  tags: dict[str, str] | None = None) -> None: ...
+    def set_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None: ...
     def delete(self, bucket: str, key: str) -> None: ...
     def list_keys(self, bucket: str, prefix: str) -> list[tuple[str, datetime]]: ...
     def ping(self, bucket: str) -> None: ...
@@ -152,11 +155,26 @@ class S3Storage:
             raise _unavailable(exc) from None
         return data
 
-    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str) -> None:
+    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str,
+                  tags: dict[str, str] | None = None) -> None:
+        extra: dict[str, Any] = dict(self._settings.sse_params)
+        if tags:
+            extra["Tagging"] = urlencode(tags)
         try:
             self.client.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type,
-                                   ChecksumSHA256=sha256_b64(data), **self._settings.sse_params)
+                                   ChecksumSHA256=sha256_b64(data), **extra)
         except (ClientError, BotoCoreError) as exc:
+            raise _unavailable(exc) from None
+
+    def set_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        try:
+            self.client.put_object_tagging(Bucket=bucket, Key=key, Tagging={
+                "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+        except ClientError as exc:
+            if _status(exc) == 404:
+                raise ObjectMissing(key) from None
+            raise _unavailable(exc) from None
+        except BotoCoreError as exc:
             raise _unavailable(exc) from None
 
     def delete(self, bucket: str, key: str) -> None:

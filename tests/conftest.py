@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -125,11 +126,14 @@ _FIELD_BY_ENV = _field_by_env()
 
 @dataclass
 class InlineDispatch:
-    """Runs sent tasks synchronously (or records them when paused), standing in
-    for the broker at the boundary the API really uses (`Services.dispatch`)."""
+    """Stands in for the broker at the boundary the code really uses
+    (`Services.dispatch`): a task sent without a countdown runs at once, one sent
+    with a countdown runs when `run_due` finds it due (real time, so backoffs and
+    polls behave as on a worker)."""
 
     handlers: dict[str, Callable[..., Any]] = field(default_factory=dict)
     sent: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    scheduled: list[tuple[float, str, tuple[Any, ...]]] = field(default_factory=list)
     broker_down: bool = False
     run_inline: bool = True
 
@@ -137,9 +141,29 @@ class InlineDispatch:
         if self.broker_down:
             return False
         self.sent.append((name, args))
-        if self.run_inline and name in self.handlers:
+        if countdown:
+            self.scheduled.append((time.monotonic() + countdown, name, args))
+        elif self.run_inline and name in self.handlers:
             self.handlers[name](*args)
         return True
+
+    def run_due(self, until: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Run scheduled tasks as they fall due until `until()` holds."""
+        deadline = time.monotonic() + timeout
+        while not until():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"condition not reached; pending {self.scheduled}")
+            now = time.monotonic()
+            due = [t for t in self.scheduled if t[0] <= now]
+            if not due:
+                time.sleep(0.02)
+                continue
+            for task in sorted(due):
+                self.scheduled.remove(task)
+                self.handlers[task[1]](*task[2])
+
+    def count(self, name: str) -> int:
+        return sum(1 for sent_name, _ in self.sent if sent_name == name)
 
 
 @pytest.fixture
@@ -165,7 +189,7 @@ def svc(settings: Settings, dispatch: InlineDispatch) -> Iterator[Services]:
         yield services
     finally:
         with services.engine.begin() as conn:
-            conn.execute(text("TRUNCATE uploads, audit_events RESTART IDENTITY"))
+            conn.execute(text("TRUNCATE uploads, audit_events, try_ons RESTART IDENTITY"))
         services.engine.dispose()
 
 

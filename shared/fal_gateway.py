@@ -1,0 +1,170 @@
+"""fal.ai behind a small interface, over the real `fal-client`.
+
+The gateway owns the retry policy: fal-client 1.0.3 retries inside every call
+(`fal_client.client.MAX_ATTEMPTS = 10`, read at call time, covering 408/409/429
+and transport errors), which could enqueue one submit several times and sleep for
+up to ~50 s inside a worker. We set it to 1, so one gateway call is exactly one
+HTTP request, and classify failures ourselves (SPEC §5).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import fal_client
+import fal_client.client as fal_http
+import httpx
+
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+
+RETRIABLE_ERROR_TYPES = frozenset({
+    "internal_error", "startup_timeout", "runner_unavailable", "runner_scheduling_failure",
+    "runner_connection_timeout", "runner_disconnected", "runner_connection_refused",
+    "runner_connection_error", "runner_incomplete_response", "runner_server_error",
+})
+# Model-level error types (422 "detail" entries) and the code the app sees.
+MODEL_ERROR_CODES = {
+    "content_policy_violation": "fal.content_policy",
+    "no_media_generated": "fal.no_result",
+    "image_too_large": "fal.rejected",
+    "image_load_error": "fal.rejected",
+    "file_download_error": "fal.input_unreachable",
+}
+
+
+@dataclass
+class FalFailure(Exception):
+    """A failed fal call, classified. `code` is what the job records."""
+
+    code: str
+    retriable: bool
+    status: int | None = None
+    error_type: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code} (status={self.status}, type={self.error_type})"
+
+
+@dataclass(frozen=True)
+class FalStatus:
+    completed: bool
+    error: str | None = None
+    error_type: str | None = None
+
+
+@dataclass(frozen=True)
+class FalResult:
+    image_urls: list[str] = field(default_factory=list)
+
+
+class FalGateway(Protocol):
+    def submit(self, arguments: dict[str, Any], webhook_url: str | None) -> str: ...
+    def status(self, request_id: str) -> FalStatus: ...
+    def result(self, request_id: str) -> FalResult: ...
+    def cancel(self, request_id: str) -> None: ...
+
+
+class FalClientGateway:
+    def __init__(self, settings: Settings) -> None:
+        self.model = settings.fal_model_id
+        # Module globals of fal-client, read at call time (see the module docstring).
+        fal_http.MAX_ATTEMPTS = 1
+        if settings.fal_queue_host:
+            fal_http.QUEUE_URL_FORMAT = f"https://{settings.fal_queue_host}/"
+        self._client = fal_client.SyncClient(key=settings.fal_key or None, default_timeout=30)
+
+    def submit(self, arguments: dict[str, Any], webhook_url: str | None) -> str:
+        handle = _call(lambda: self._client.submit(self.model, arguments,
+                                                   webhook_url=webhook_url))
+        return str(handle.request_id)
+
+    def status(self, request_id: str) -> FalStatus:
+        status = _call(lambda: self._client.status(self.model, request_id))
+        if isinstance(status, fal_client.Completed):
+            return FalStatus(True, getattr(status, "error", None),
+                             getattr(status, "error_type", None))
+        return FalStatus(False)
+
+    def result(self, request_id: str) -> FalResult:
+        return parse_output(_call(lambda: self._client.result(self.model, request_id)))
+
+    def cancel(self, request_id: str) -> None:
+        try:
+            _call(lambda: self._client.cancel(self.model, request_id))
+        except FalFailure as failure:
+            # Already completed or unknown: nothing left to cancel.
+            if failure.status not in (400, 404):
+                raise
+
+
+def parse_output(output: Any) -> FalResult:
+    """The model output's image URLs; anything else is a malformed result."""
+    try:
+        urls = [str(image["url"]) for image in output["images"]]
+    except (KeyError, TypeError):
+        raise FalFailure("fal.bad_result", retriable=False) from None
+    if not urls:
+        raise FalFailure("fal.no_result", retriable=False)
+    return FalResult(urls)
+
+
+def _call(action: Any) -> Any:
+    try:
+        return action()
+    except fal_client.client.FalClientHTTPError as exc:
+        raise classify_http(exc.status_code, exc.response_headers, exc.error_type,
+                            _model_error_type(exc.response)) from None
+    except httpx.TransportError as exc:
+        raise FalFailure("fal.unavailable", retriable=True, error_type=type(exc).__name__) from None
+    except (ValueError, KeyError) as exc:  # a 2xx whose body is not what the protocol says
+        raise FalFailure("fal.bad_response", retriable=True,
+                         error_type=type(exc).__name__) from None
+
+
+def classify_http(status: int, headers: dict[str, str], error_type: str | None,
+                  model_error: str | None) -> FalFailure:
+    lower = {k.lower(): v for k, v in headers.items()}
+    if model_error in MODEL_ERROR_CODES:
+        return FalFailure(MODEL_ERROR_CODES[model_error], False, status, model_error)
+    if lower.get("x-fal-retryable", "").lower() == "true":
+        return FalFailure("fal.unavailable", True, status, error_type)
+    if status == 504 and (error_type == "request_timeout"
+                          or lower.get(fal_http.REQUEST_TIMEOUT_TYPE_HEADER.lower())):
+        # Our own X-Fal-Request-Timeout expired: fal says do not retry.
+        return FalFailure("fal.timeout", False, status, error_type)
+    if status == 429:
+        return FalFailure("fal.rate_limited", True, status, error_type)
+    if status >= 500 and (error_type in RETRIABLE_ERROR_TYPES or status in (502, 503)):
+        return FalFailure("fal.unavailable", True, status, error_type)
+    if status in (401, 403):
+        return FalFailure("fal.unauthorized", False, status, error_type)
+    if status == 422:
+        return FalFailure("fal.rejected", False, status, model_error or error_type)
+    if status >= 500:
+        return FalFailure("fal.unavailable", False, status, error_type)
+    return FalFailure("fal.rejected", False, status, error_type)
+
+
+def _model_error_type(response: httpx.Response) -> str | None:
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        return str(detail[0].get("type")) if detail[0].get("type") else None
+    return None
+
+
+def classify_completion_error(error_type: str | None) -> FalFailure:
+    """A job fal completed with an error (webhook ERROR or COMPLETED+error)."""
+    if error_type in MODEL_ERROR_CODES:
+        return FalFailure(MODEL_ERROR_CODES[error_type], False, error_type=error_type)
+    if error_type in RETRIABLE_ERROR_TYPES:
+        return FalFailure("fal.unavailable", True, error_type=error_type)
+    if error_type == "request_timeout":
+        return FalFailure("fal.timeout", False, error_type=error_type)
+    return FalFailure("fal.rejected", False, error_type=error_type)

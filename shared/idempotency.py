@@ -1,0 +1,67 @@
+"""`Idempotency-Key` for POST /v1/try-ons: scoped to the user, kept 24 h, a replay
+returns the original status and body; the same key with another body is 409.
+
+Redis holds the record: first a `pending` marker taken with SET NX (so two
+concurrent requests with one key create one job), then the response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from shared.errors import AppError
+
+TTL_SECONDS = 24 * 3600
+PENDING_TTL_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Replay:
+    status: int
+    body: dict[str, Any]
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class IdempotencyStore:
+    def __init__(self, redis_url: str, namespace: str = "hf") -> None:
+        self._redis = redis.Redis.from_url(redis_url, socket_timeout=2,
+                                           socket_connect_timeout=2)
+        self._namespace = namespace
+
+    def _key(self, user_id: str, key: str) -> str:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        return f"{self._namespace}:idem:{user_id}:{digest}"
+
+    def begin(self, user_id: str, key: str, print_: str) -> Replay | None:
+        """None: go ahead (the key is now ours). A Replay: answer with it."""
+        name = self._key(user_id, key)
+        pending = json.dumps({"fingerprint": print_, "state": "pending"})
+        if self._redis.set(name, pending, nx=True, ex=PENDING_TTL_SECONDS):
+            return None
+        raw: Any = self._redis.get(name)
+        if raw is None:  # expired between the two calls: try once more
+            return self.begin(user_id, key, print_)
+        record = json.loads(raw)
+        if record["fingerprint"] != print_:
+            raise AppError("idempotency.conflict")
+        if record["state"] == "pending":
+            raise AppError("idempotency.in_progress", retry_after=1)
+        return Replay(int(record["status"]), record["body"])
+
+    def complete(self, user_id: str, key: str, print_: str, status: int,
+                 body: dict[str, Any]) -> None:
+        self._redis.set(self._key(user_id, key), json.dumps(
+            {"fingerprint": print_, "state": "done", "status": status, "body": body},
+            default=str), ex=TTL_SECONDS)
+
+    def abandon(self, user_id: str, key: str) -> None:
+        """The request failed: let the client retry with the same key."""
+        self._redis.delete(self._key(user_id, key))

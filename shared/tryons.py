@@ -1,0 +1,157 @@
+"""Try-on use cases on the API side: start, read, list, favorite, delete.
+
+The worker side (fal submission, completion, retries, deadline) is in
+shared/tryon_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, or_, select, update
+
+from shared import audit
+from shared.errors import AppError
+from shared.hairstyles import catalogue
+from shared.keys import parse_raw_key
+from shared.models import JobStatus, TryOn, Upload, UploadStatus
+from shared.services import Services
+from shared.uploads import MAX_PAGE, decode_cursor, encode_cursor
+
+log = logging.getLogger(__name__)
+
+RUN_TASK = "tryons.run"
+RESULT_TAGS_TEMPORARY = {"retention": "temporary"}
+RESULT_TAGS_KEPT = {"retention": "kept"}
+IN_FLIGHT = (JobStatus.QUEUED, JobStatus.PROCESSING)
+
+
+def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None,
+          hairstyle_id: str, prompt: str | None, locale: str) -> TryOn:
+    """Commit the job, then send it; a broker outage leaves it for the reconciler."""
+    if hairstyle_id not in catalogue():
+        raise AppError("tryon.unknown_hairstyle")
+    upload = _source_upload(svc, user_id, upload_id, key)
+    if upload.status == UploadStatus.REJECTED:
+        raise AppError("upload.rejected")
+    if upload.status == UploadStatus.PENDING:
+        raise AppError("upload.not_ready")
+    if upload.status not in (UploadStatus.VALIDATING, UploadStatus.READY):
+        raise AppError("upload.not_found")
+    now = svc.clock()
+    job = TryOn(id=str(uuid.uuid4()), user_id=user_id, upload_id=upload.id,
+                hairstyle_id=hairstyle_id, user_prompt=prompt, locale=locale,
+                status=JobStatus.QUEUED, created_at=now, updated_at=now, attempt=0,
+                favorite=False)
+    with svc.sessions.begin() as session:
+        session.add(job)
+        audit.record(session, at=now, user_id=user_id, action="tryon.created",
+                     subject_type="try_on", subject_id=job.id, upload_id=upload.id,
+                     hairstyle_id=hairstyle_id)
+    svc.dispatch(RUN_TASK, job.id)
+    return job
+
+
+def _source_upload(svc: Services, user_id: str, upload_id: str | None,
+                   key: str | None) -> Upload:
+    with svc.sessions() as session:
+        if upload_id:
+            upload = session.get(Upload, upload_id) if _is_uuid(upload_id) else None
+        elif key:
+            parsed = parse_raw_key(key)
+            if parsed is None or parsed[0] != user_id:
+                raise AppError("upload.forbidden_key")
+            upload = session.scalars(select(Upload).where(Upload.key == key)).one_or_none()
+        else:
+            raise AppError("request.invalid", detail="key or uploadId required")
+    if upload is None or upload.user_id != user_id:
+        raise AppError("upload.not_found")
+    return upload
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def get(svc: Services, user_id: str, job_id: str) -> TryOn:
+    with svc.sessions() as session:
+        job = session.get(TryOn, job_id) if _is_uuid(job_id) else None
+    if job is None or job.user_id != user_id:
+        raise AppError("tryon.not_found")
+    return job
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[TryOn]
+    next_cursor: str | None
+
+
+def list_for_user(svc: Services, user_id: str, *, limit: int, cursor: str | None,
+                  status: str | None) -> Page:
+    limit = max(1, min(limit, MAX_PAGE))
+    query = select(TryOn).where(TryOn.user_id == user_id)
+    if status:
+        query = query.where(TryOn.status == status)
+    if cursor:
+        created, last_id = decode_cursor(cursor)
+        query = query.where(or_(TryOn.created_at < created,
+                                and_(TryOn.created_at == created, TryOn.id < last_id)))
+    query = query.order_by(TryOn.created_at.desc(), TryOn.id.desc()).limit(limit + 1)
+    with svc.sessions() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
+
+
+def set_favorite(svc: Services, user_id: str, job_id: str, favorite: bool) -> TryOn:
+    """A favorite is kept past the default retention: no deleteAfter, objects
+    tagged `kept` (the processed bucket's lifecycle rule skips them)."""
+    job = get(svc, user_id, job_id)
+    now = svc.clock()
+    delete_after = None if favorite else result_deadline(svc, now)
+    if job.result_key:
+        tags = RESULT_TAGS_KEPT if favorite else RESULT_TAGS_TEMPORARY
+        for key in (job.result_key, job.thumbnail_key):
+            if key:
+                svc.storage.set_tags(svc.settings.processed_bucket, key, tags)
+    with svc.sessions.begin() as session:
+        session.execute(update(TryOn).where(TryOn.id == job.id).values(
+            favorite=favorite, updated_at=now,
+            delete_after=delete_after if job.status == JobStatus.SUCCEEDED else None))
+        audit.record(session, at=now, user_id=user_id, subject_type="try_on",
+                     subject_id=job.id, action="tryon.favorited" if favorite else "tryon.unfavorited")
+    return get(svc, user_id, job_id)
+
+
+def result_deadline(svc: Services, now: datetime) -> datetime:
+    return now + timedelta(days=svc.settings.result_retention_days)
+
+
+def remove(svc: Services, user_id: str, job_id: str, *, reason: str = "user") -> None:
+    """Delete the result objects and the job; a job in flight has its fal request canceled."""
+    job = get(svc, user_id, job_id)
+    erase_job(svc, job, reason=reason)
+
+
+def erase_job(svc: Services, job: TryOn, *, reason: str) -> None:
+    if job.status in IN_FLIGHT and job.fal_request_id:
+        from shared.tryon_pipeline import cancel_quietly
+
+        cancel_quietly(svc, job.fal_request_id)
+    for key in (job.result_key, job.thumbnail_key):
+        if key:
+            svc.storage.delete(svc.settings.processed_bucket, key)
+    now = svc.clock()
+    with svc.sessions.begin() as session:
+        session.execute(delete(TryOn).where(TryOn.id == job.id))
+        audit.record(session, at=now, user_id=job.user_id, action="tryon.deleted",
+                     subject_type="try_on", subject_id=job.id, reason=reason)

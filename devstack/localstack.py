@@ -226,6 +226,8 @@ class _S3Server:
             self.process.stop()
 
     def _launch(self, process: ManagedProcess, ready: Callable[[], bool], timeout: float) -> None:
+        if self.alive():
+            raise RuntimeError(f"{self.name} is already running at {self.endpoint_url}")
         self.process = process.start()
         started = time.monotonic()
         if not wait_until(ready, timeout, interval=0.2, abort=lambda: not process.alive()):
@@ -359,11 +361,23 @@ def start_s3(
     """
     if prefer == "localstack":
         try:
-            ensure_installed(venv_dir)
-            return LocalStackS3(venv_dir).start(port=port, data_dir=data_dir / "localstack")
+            return _start_localstack(venv_dir, data_dir / "localstack", port)
         except (S3LaunchError, OSError, subprocess.SubprocessError) as exc:
             log.warning("LocalStack unavailable, falling back to moto: %s", exc)
     return MotoS3().start(port=port, data_dir=data_dir / "moto")
+
+
+def _start_localstack(venv_dir: Path, data_dir: Path, port: int | None) -> LocalStackS3:
+    ensure_installed(venv_dir)
+    try:
+        return LocalStackS3(venv_dir).start(port=port, data_dir=data_dir)
+    except S3LaunchError as exc:
+        if port is not None:
+            raise
+        # A port found free can be taken before LocalStack binds it: one retry on another
+        # port keeps that race from degrading the stack to moto.
+        log.warning("LocalStack did not start, retrying on another port: %s", exc)
+    return LocalStackS3(venv_dir).start(data_dir=data_dir)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -1,7 +1,7 @@
 """Process helpers shared by the development launchers.
 
 Every server is started in its own process group so that `stop()` also reaches the
-children it forks (LocalStack spawns helpers) and so that Ctrl-C in the terminal of the
+children a server may fork, and so that Ctrl-C in the terminal of the
 parent is not delivered to the servers twice.
 """
 

@@ -126,9 +126,7 @@ def start_redis(data_dir: Path, port: int | None = None, prefer: Kind | None = N
     else:
         process = _fakeredis_process(port, data_dir)
     process.start()
-    if not wait_until(
-        lambda: ping(port), START_TIMEOUT, interval=0.05, abort=lambda: not process.alive()
-    ):
+    if not wait_until(lambda: ping(port), START_TIMEOUT, interval=0.05, abort=lambda: not process.alive()):
         code = process.returncode
         process.stop()
         raise RuntimeError(

@@ -90,7 +90,13 @@ class FalClientGateway:
         return FalStatus(False)
 
     def result(self, request_id: str) -> FalResult:
-        return parse_output(_call(lambda: self._client.result(self.model, request_id)))
+        try:
+            output = _call(lambda: self._client.result(self.model, request_id))
+        except FalFailure as failure:
+            if failure.code == "fal.bad_response":  # a finished job's unreadable output
+                raise FalFailure("fal.bad_result", retriable=False) from None
+            raise
+        return parse_output(output)
 
     def cancel(self, request_id: str) -> None:
         try:

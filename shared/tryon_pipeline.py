@@ -50,6 +50,13 @@ class FollowUp:
     countdown: float = 0.0
 
 
+def send(svc: Services, follow_ups: list[FollowUp]) -> int:
+    """Send the follow-ups a step asked for (the task layer's only job)."""
+    for f in follow_ups:
+        svc.dispatch(f.task, *f.args, countdown=f.countdown or None)
+    return len(follow_ups)
+
+
 def _load(svc: Services, job_id: str) -> TryOn | None:
     with svc.sessions() as session:
         return session.get(TryOn, job_id)

@@ -182,9 +182,18 @@ def settings(pg_url: str, s3_endpoint: str, buckets: tuple[str, str]) -> Setting
 def svc(settings: Settings, dispatch: InlineDispatch) -> Iterator[Services]:
     services = Services.from_settings(settings)
     services.dispatch = dispatch
+    from shared import tryon_pipeline as tp
     from shared.validation import validate_upload
 
-    dispatch.handlers["uploads.validate"] = lambda upload_id: validate_upload(services, upload_id)
+    dispatch.handlers.update({
+        "uploads.validate": lambda upload_id: validate_upload(services, upload_id),
+        "tryons.run": lambda job_id: tp.send(services, tp.run(services, job_id)),
+        "tryons.poll": lambda job_id, attempt, reschedule=True: tp.send(
+            services, tp.poll(services, job_id, attempt, reschedule=reschedule)),
+        "tryons.complete": lambda job_id, attempt, completion: tp.send(
+            services, tp.complete(services, job_id, attempt, tp.Completion(**completion))),
+        "tryons.deadline": lambda job_id: tp.send(services, tp.enforce_deadline(services, job_id)),
+    })
     try:
         yield services
     finally:

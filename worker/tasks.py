@@ -51,12 +51,6 @@ def remove_orphans(self: AppTask) -> int:
 # Each step is short: nothing here waits for fal. Follow-ups (re-checks, retries
 # with backoff, the deadline) are sent as new tasks with a countdown.
 
-def _follow(svc, follow_ups) -> int:  # type: ignore[no-untyped-def]
-    for f in follow_ups:
-        svc.dispatch(f.task, *f.args, countdown=f.countdown or None)
-    return len(follow_ups)
-
-
 def _tryon(name: str):  # type: ignore[no-untyped-def]
     return celery_app.task(base=AppTask, bind=True, name=f"tryons.{name}", queue="tryons",
                            autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30,
@@ -65,29 +59,29 @@ def _tryon(name: str):  # type: ignore[no-untyped-def]
 
 @_tryon("run")
 def run_tryon(self: AppTask, job_id: str) -> int:
-    return _follow(self.svc, tryon_pipeline.run(self.svc, job_id))
+    return tryon_pipeline.send(self.svc, tryon_pipeline.run(self.svc, job_id))
 
 
 @_tryon("poll")
 def poll_tryon(self: AppTask, job_id: str, attempt: int, reschedule: bool = True) -> int:
-    return _follow(self.svc, tryon_pipeline.poll(self.svc, job_id, attempt,
+    return tryon_pipeline.send(self.svc, tryon_pipeline.poll(self.svc, job_id, attempt,
                                                  reschedule=reschedule))
 
 
 @_tryon("complete")
 def complete_tryon(self: AppTask, job_id: str, attempt: int, completion: dict) -> int:  # type: ignore[type-arg]
-    return _follow(self.svc, tryon_pipeline.complete(
+    return tryon_pipeline.send(self.svc, tryon_pipeline.complete(
         self.svc, job_id, attempt, tryon_pipeline.Completion(**completion)))
 
 
 @_tryon("deadline")
 def tryon_deadline(self: AppTask, job_id: str) -> int:
-    return _follow(self.svc, tryon_pipeline.enforce_deadline(self.svc, job_id))
+    return tryon_pipeline.send(self.svc, tryon_pipeline.enforce_deadline(self.svc, job_id))
 
 
 @_maintenance("reconcile_tryons")
 def reconcile_tryons(self: AppTask) -> int:
-    return _follow(self.svc, tryon_pipeline.reconcile(self.svc))
+    return tryon_pipeline.send(self.svc, tryon_pipeline.reconcile(self.svc))
 
 
 @_maintenance("tryon_retention")

@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import current_app, request
+from flask import Response, current_app, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -63,6 +63,14 @@ def _etag_data(job: TryOn) -> dict[str, Any]:
             "favorite": job.favorite, "window": window, "locale": request_locale()}
 
 
+def _json_response(body: dict[str, Any], status: int) -> Response:
+    """Already serialized (a replay must be byte-for-byte the original body)."""
+    response = jsonify(body)
+    response.status_code = status
+    response.headers["Retry-After"] = str(POLL_HINT_SECONDS)
+    return response
+
+
 def _idempotency() -> IdempotencyStore:
     return current_app.extensions["hairfluencer.idempotency"]  # type: ignore[no-any-return]
 
@@ -79,7 +87,7 @@ class TryOnCollection(MethodView):
         if key:
             replay = _idempotency().begin(user_id, key[:255], print_)
             if replay is not None:
-                return replay.body, replay.status
+                return _json_response(replay.body, replay.status)
         try:
             quotas().consume_tryon(user_id)
             job = tryons.start(services(), user_id, upload_id=body["uploadId"],
@@ -92,7 +100,7 @@ class TryOnCollection(MethodView):
         view = TryOnSchema().dump(job_view(job))
         if key:
             _idempotency().complete(user_id, key[:255], print_, 202, view)
-        return view, 202, {"Retry-After": str(POLL_HINT_SECONDS)}
+        return _json_response(view, 202)
 
     @blp.arguments(TryOnListArgsSchema, location="query")
     @blp.response(200, TryOnListSchema)

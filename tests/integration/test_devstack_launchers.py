@@ -197,9 +197,7 @@ TAMPERED = {
 
 
 @pytest.mark.parametrize("case", list(TAMPERED))
-def test_tampered_put_is_refused(
-    case: str, s3_client: Any, bucket: str, http: httpx.Client
-) -> None:
+def test_tampered_put_is_refused(case: str, s3_client: Any, bucket: str, http: httpx.Client) -> None:
     make_headers, body, status, code = TAMPERED[case]
     signed = presign_put(s3_client, bucket, BODY)
 
@@ -225,9 +223,7 @@ def test_expired_put_is_refused(s3_client: Any, bucket: str, http: httpx.Client)
 # ------------------------------------------------------------------- moto fallback
 
 
-def test_start_s3_falls_back_to_moto_with_warning(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_start_s3_falls_back_to_moto_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")  # a venv cannot be created below a regular file
     caplog.set_level(logging.WARNING, logger="devstack.localstack")

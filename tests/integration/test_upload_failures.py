@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import io
 import os
-from dataclasses import replace
 import struct
 import zlib
+from dataclasses import replace
 from typing import Any
 
 import pytest

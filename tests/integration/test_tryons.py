@@ -1,0 +1,531 @@
+"""Try-on jobs end to end against the fal emulator through the real fal-client,
+with real PostgreSQL, Redis and LocalStack S3: polling and webhook completion,
+every fault the emulator can inject, forged/duplicate webhooks, deadlines,
+idempotency, ETags, favorites, deletion and the reconciler."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image, ImageChops, ImageStat
+from sqlalchemy import select
+from werkzeug.serving import make_server
+
+from devstack.fal_emulator import FalEmulator
+from devstack.procs import free_port
+from shared import tryon_pipeline
+from shared.i18n import MESSAGES
+from shared.models import AuditEvent, TryOn, Upload
+from shared.storage import ObjectMissing
+from tests.conftest import assert_no_secrets, fixture_bytes, make_settings
+from tests.integration.test_upload_flow import upload_ready
+
+ASTRONAUT = fixture_bytes("astronaut.jpg")
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[FalEmulator]:
+    emu = FalEmulator(latency_seconds=0.2).start()
+    saved = os.environ.get("SSL_CERT_FILE")
+    # httpx (fal-client, result downloads) and urllib (JWKS) trust the emulator's CA.
+    os.environ["SSL_CERT_FILE"] = str(emu.ca_bundle_path)
+    try:
+        yield emu
+    finally:
+        if saved is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = saved
+        emu.stop()
+
+
+@pytest.fixture
+def settings(pg_url, s3_endpoint, buckets, emulator):  # overrides conftest's
+    emulator.reset(config=True)
+    return make_settings(
+        database_url=pg_url, s3_endpoint_url=s3_endpoint, uploads_bucket=buckets[0],
+        processed_bucket=buckets[1], fal_key="test-key",
+        fal_queue_host=f"127.0.0.1:{emulator.port}", fal_webhook_jwks_url=emulator.jwks_url,
+        fal_media_hosts=f"127.0.0.1:{emulator.port}", fal_poll_seconds=0.1,
+        fal_retry_base_seconds=0.05, fal_deadline_seconds=20, upload_wait_seconds=5)
+
+
+@pytest.fixture
+def live_api(app, svc) -> Iterator[str]:
+    """The app on a real port, so the emulator can deliver webhooks to it."""
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    svc.settings = replace(svc.settings, public_base_url=base)
+    try:
+        yield base
+    finally:
+        server.shutdown()
+
+
+class SpyGateway:
+    """The real gateway, with the input URLs of each submit remembered."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.inputs = real, []
+
+    def submit(self, arguments: dict[str, Any], webhook_url: str | None) -> str:
+        self.inputs.append((time.time(), arguments["image_urls"]))
+        return self.real.submit(arguments, webhook_url)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@pytest.fixture
+def spy(svc) -> SpyGateway:
+    svc.fal = SpyGateway(svc.fal)
+    return svc.fal
+
+
+def assert_fresh_sanitized_links(inputs: list[tuple[float, list[str]]], upload_id: str) -> None:
+    from datetime import UTC, datetime
+    from urllib.parse import parse_qs, urlsplit
+
+    assert all(len(urls) == 1 for _, urls in inputs), "image_urls holds only the selfie's link"
+    for submitted_at, (url,) in inputs:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        # Signed for this attempt (SigV4 dates have one-second resolution), not reused.
+        signed_at = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(
+            tzinfo=UTC).timestamp()
+        assert submitted_at - 2 <= signed_at <= submitted_at
+        assert parts.path.endswith(f"/sanitized/{parts.path.split('/')[-2]}/{upload_id}.jpg")
+        assert int(query["X-Amz-Expires"][0]) <= 300
+        assert query["response-cache-control"] == ["no-store"]
+
+
+def start_job(client, headers, upload_id: str, **extra: Any):
+    body = {"uploadId": upload_id, "hairstyleId": "bob", "locale": "en", **extra}
+    return client.post("/v1/try-ons", json=body, headers=headers)
+
+
+def job_row(svc, job_id: str) -> TryOn:
+    with svc.sessions() as session:
+        return session.get(TryOn, job_id)
+
+
+def wait_done(svc, dispatch, job_id: str, timeout: float = 30) -> TryOn:
+    dispatch.run_due(lambda: job_row(svc, job_id).status in ("succeeded", "failed"), timeout)
+    return job_row(svc, job_id)
+
+
+def ready_job(client, auth, svc, dispatch, user: str = "tina", **extra: Any):
+    headers = auth(user)
+    upload = upload_ready(client, headers, ASTRONAUT)
+    response = start_job(client, headers, upload["uploadId"], **extra)
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["jobId"]
+    return headers, upload, job_id, wait_done(svc, dispatch, job_id)
+
+
+def _decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+# --- the whole way, both completion modes ------------------------------------
+
+def test_polling_mode_end_to_end(client, auth, svc, dispatch, settings, emulator, json_logs,
+                                 caplog, spy):
+    headers, upload, job_id, job = ready_job(client, auth, svc, dispatch)
+    assert job.status == "succeeded", job.error_code
+    assert emulator.stats()["submits"] == 1
+    body = client.get(f"/v1/try-ons/{job_id}", headers=headers).get_json()
+    assert body["status"] == "succeeded" and body["favorite"] is False
+    assert body["deleteAfter"] and body["urlsExpireAt"]
+    result = _decode(httpx.get(body["resultUrl"], timeout=10).content)
+    thumb = _decode(httpx.get(body["thumbnailUrl"], timeout=10).content)
+    source = _decode(ASTRONAUT).convert("RGB")
+    assert result.size == source.size and max(thumb.size) <= 256
+    diff = ImageStat.Stat(ImageChops.difference(result.convert("RGB"), source)).mean
+    assert max(diff) > 5, "the result is not visibly edited"
+    # stored under the user's prefix in the processed bucket, tagged temporary
+    assert job.result_key == f"results/tina/{job_id}.jpg"
+    tags = svc.storage.client.get_object_tagging(Bucket=settings.processed_bucket,
+                                                 Key=job.result_key)["TagSet"]
+    assert {"Key": "retention", "Value": "temporary"} in tags
+    with svc.sessions() as session:
+        upload_row = session.get(Upload, upload["uploadId"])
+        events = {e.action: e.details for e in session.scalars(
+            select(AuditEvent).where(AuditEvent.subject_id == job_id))}
+    assert events["tryon.invoked"]["source_sha256"] == upload_row.sanitized_sha256
+    assert events["tryon.succeeded"]["result_sha256"] == job.result_sha256
+    # the URL fal got was a short-lived, no-store GET of the *sanitized* copy
+    assert_fresh_sanitized_links(spy.inputs, upload["uploadId"])
+    assert_no_secrets(json_logs, caplog)
+
+
+def test_webhook_mode_end_to_end(client, auth, svc, dispatch, emulator, live_api):
+    _, _, job_id, job = ready_job(client, auth, svc, dispatch, user="uma")
+    assert job.status == "succeeded"
+    stats = emulator.stats()
+    assert stats["submits"] == 1 and stats["webhooks_sent"] >= 1
+    assert dispatch.count("tryons.poll") == 0  # completion came by webhook
+    assert dispatch.count("tryons.complete") >= 1
+
+
+@pytest.mark.parametrize("mode", ["duplicate", "early", "late"])
+def test_duplicate_early_and_late_webhooks_are_harmless(client, auth, svc, dispatch, emulator,
+                                                        live_api, mode):
+    emulator.configure(webhook_mode=mode, webhook_late_seconds=0.5)
+    _, _, job_id, job = ready_job(client, auth, svc, dispatch, user="vera")
+    assert job.status == "succeeded"
+    time.sleep(0.8)  # let a duplicate or late delivery arrive
+    with svc.sessions() as session:
+        succeeded = list(session.scalars(select(AuditEvent).where(
+            AuditEvent.subject_id == job_id, AuditEvent.action == "tryon.succeeded")))
+    assert len(succeeded) == 1
+    assert emulator.stats()["submits"] == 1
+
+
+# --- webhooks that must be refused -------------------------------------------------
+
+def _post_webhook(base: str, query: str, body: bytes, headers: dict[str, str]):
+    return httpx.post(f"{base}/v1/webhooks/fal?{query}", content=body, headers=headers,
+                      timeout=10)
+
+
+def test_forged_and_misdirected_webhooks_are_refused(client, auth, svc, dispatch, emulator,
+                                                     live_api):
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from shared.fal_webhooks import job_token
+
+    emulator.configure(job_faults=["never_complete"])
+    headers = auth("walt")
+    upload = upload_ready(client, headers, ASTRONAUT)
+    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
+    secret = svc.settings.webhook_secret
+    body = json.dumps({"request_id": "r", "status": "OK",
+                       "payload": {"images": [{"url": "https://evil.test/x.jpg"}]}}).encode()
+    ts = str(int(time.time()))
+    forged_key = Ed25519PrivateKey.generate()
+    message = f"r\nu\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
+    signed = {"X-Fal-Webhook-Request-Id": "r", "X-Fal-Webhook-User-Id": "u",
+              "X-Fal-Webhook-Timestamp": ts,
+              "X-Fal-Webhook-Signature": forged_key.sign(message).hex()}
+    good_token = job_token(secret, job_id, 1)
+    cases = {
+        "bad token": (f"job={job_id}&attempt=1&token=deadbeef", signed),
+        "other attempt": (f"job={job_id}&attempt=2&token={good_token}", signed),
+        "forged signature": (f"job={job_id}&attempt=1&token={good_token}", signed),
+        "no signature": (f"job={job_id}&attempt=1&token={good_token}", {}),
+        "stale": (f"job={job_id}&attempt=1&token={good_token}",
+                  {**signed, "X-Fal-Webhook-Timestamp": str(int(time.time()) - 3600)}),
+    }
+    for name, (query, hdrs) in cases.items():
+        response = _post_webhook(live_api, query, body, {**hdrs, "Accept-Language": "es"})
+        assert response.status_code == 401, name
+        error = response.json()["error"]
+        assert error["code"] == "webhook.invalid"
+        assert error["message"] == MESSAGES["webhook.invalid"]["es"]
+    assert job_row(svc, job_id).status == "processing"
+    assert dispatch.count("tryons.complete") == 0
+
+
+# --- retry policy: the emulator's submit counter proves one request per attempt ---------
+
+@pytest.mark.parametrize("fault", ["429", "500_internal", "503_runner", "504_startup",
+                                   "retryable_header", "malformed"])
+def test_retriable_submit_failure_is_retried_with_a_fresh_url(client, auth, svc, dispatch,
+                                                              emulator, fault, json_logs,
+                                                              caplog, spy):
+    emulator.configure(submit_faults=[fault])
+    _, upload, job_id, job = ready_job(client, auth, svc, dispatch, user="xena")
+    assert job.status == "succeeded", job.error_code
+    assert job.attempt == 2
+    assert emulator.stats()["submits"] == 2
+    assert len(spy.inputs) == 2
+    assert_fresh_sanitized_links(spy.inputs, upload["uploadId"])
+    assert_no_secrets(json_logs, caplog)
+
+
+def test_retries_are_bounded(client, auth, svc, dispatch, emulator):
+    emulator.configure(submit_faults=["503_runner"] * 10)
+    _, _, job_id, job = ready_job(client, auth, svc, dispatch, user="yuri")
+    assert job.status == "failed" and job.error_code == "fal.unavailable"
+    assert emulator.stats()["submits"] == 4  # one try and three retries
+
+
+@pytest.mark.parametrize(("fault", "code"), [
+    ("400", "fal.rejected"), ("401", "fal.unauthorized"), ("403", "fal.unauthorized"),
+    ("404", "fal.rejected"), ("422_content_policy", "fal.content_policy"),
+    ("504_request_timeout", "fal.timeout"),
+])
+def test_non_retriable_submit_failure_fails_at_once(client, auth, svc, dispatch, emulator,
+                                                    fault, code, json_logs, caplog):
+    emulator.configure(submit_faults=[fault])
+    headers, _, job_id, job = ready_job(client, auth, svc, dispatch, user="zoe")
+    assert (job.status, job.error_code) == ("failed", code)
+    assert emulator.stats()["submits"] == 1
+    for locale in ("en", "es"):
+        body = client.get(f"/v1/try-ons/{job_id}?locale={locale}", headers=headers).get_json()
+        assert body["error"]["code"] == code
+        assert body["error"]["message"] == MESSAGES[code][locale]
+        assert "X-Amz" not in json.dumps(body)
+    assert_no_secrets(json_logs, caplog)
+
+
+@pytest.mark.parametrize(("fault", "status", "code", "submits"), [
+    ("content_policy", "failed", "fal.content_policy", 1),
+    ("error_internal", "succeeded", None, 2),
+    ("malformed_result", "failed", "fal.bad_result", 1),
+    ("garbage_result", "failed", "fal.bad_result", 1),
+])
+@pytest.mark.parametrize("completion", ["poll", "webhook"])
+def test_job_faults(request, client, auth, svc, dispatch, emulator, fault, status, code,
+                    submits, completion, json_logs, caplog):
+    if completion == "webhook":
+        request.getfixturevalue("live_api")
+    emulator.configure(job_faults=[fault])
+    _, _, job_id, job = ready_job(client, auth, svc, dispatch, user="abe")
+    assert (job.status, job.error_code) == (status, code)
+    assert emulator.stats()["submits"] == submits
+    assert_no_secrets(json_logs, caplog)
+
+
+def test_deadline_cancels_the_fal_request(client, auth, svc, dispatch, emulator):
+    svc.settings = replace(svc.settings, fal_deadline_seconds=1)
+    emulator.configure(job_faults=["never_complete"])
+    headers, _, job_id, job = ready_job(client, auth, svc, dispatch, user="bea")
+    assert (job.status, job.error_code) == ("failed", "fal.timeout")
+    assert emulator.stats()["cancels"] == 1
+    body = client.get(f"/v1/try-ons/{job_id}", headers=auth("bea", Accept_Language="es")
+                      ).get_json()
+    assert body["error"]["message"] == MESSAGES["fal.timeout"]["es"]
+
+
+# --- the job waits for its upload -----------------------------------------------------
+
+def _validating_upload(client, headers, dispatch) -> str:
+    from tests.integration.test_upload_flow import presign, put
+
+    dispatch.run_inline = False  # the validation task stays "in the queue"
+    issued = presign(client, headers, ASTRONAUT).get_json()
+    assert put(issued, ASTRONAUT).status_code == 200
+    assert client.post("/v1/uploads/confirm", headers=headers,
+                       json={"key": issued["key"]}).status_code == 202
+    dispatch.run_inline = True
+    return issued["uploadId"]
+
+
+def test_job_waits_for_validation_then_runs(client, auth, svc, dispatch, emulator):
+    headers = auth("cai")
+    upload_id = _validating_upload(client, headers, dispatch)
+    job_id = start_job(client, headers, upload_id).get_json()["jobId"]
+    dispatch.run_due(lambda: dispatch.count("tryons.run") >= 3, timeout=10)
+    assert job_row(svc, job_id).status == "queued"
+    assert emulator.stats()["submits"] == 0
+    dispatch.handlers["uploads.validate"](upload_id)
+    assert wait_done(svc, dispatch, job_id).status == "succeeded"
+
+
+def test_job_gives_up_on_an_upload_that_never_validates(client, auth, svc, dispatch, emulator):
+    svc.settings = replace(svc.settings, upload_wait_seconds=1)
+    headers = auth("dan")
+    upload_id = _validating_upload(client, headers, dispatch)
+    job_id = start_job(client, headers, upload_id).get_json()["jobId"]
+    job = wait_done(svc, dispatch, job_id)
+    assert (job.status, job.error_code) == ("failed", "upload.not_ready")
+    assert emulator.stats()["submits"] == 0
+
+
+def test_job_on_a_rejected_upload_fails(client, auth, svc, dispatch, emulator):
+    headers = auth("eve")
+    upload_id = _validating_upload(client, headers, dispatch)
+    job_id = start_job(client, headers, upload_id).get_json()["jobId"]
+    with svc.sessions.begin() as session:
+        session.get(Upload, upload_id).status = "rejected"
+    job = wait_done(svc, dispatch, job_id)
+    assert (job.status, job.error_code) == ("failed", "upload.rejected")
+    response = start_job(client, headers, upload_id)
+    assert response.status_code == 422
+    assert response.get_json()["error"]["code"] == "upload.rejected"
+
+
+# --- API contract -----------------------------------------------------------------------
+
+def test_another_users_job_is_404(client, auth, svc, dispatch):
+    _, _, job_id, _ = ready_job(client, auth, svc, dispatch, user="fay")
+    for method in ("get", "delete"):
+        response = getattr(client, method)(f"/v1/try-ons/{job_id}", headers=auth("gus"))
+        assert response.status_code == 404
+        assert response.get_json()["error"]["code"] == "tryon.not_found"
+    response = client.put(f"/v1/try-ons/{job_id}/favorite", headers=auth("gus"))
+    assert response.status_code == 404
+    upload = upload_ready(client, auth("fay"), ASTRONAUT)
+    response = start_job(client, auth("gus"), upload["uploadId"])
+    assert response.status_code == 404 and response.get_json()["error"]["code"] == "upload.not_found"
+    assert job_row(svc, job_id).status == "succeeded"
+
+
+def test_bad_try_on_requests(client, auth):
+    headers = auth("hal")
+    upload = upload_ready(client, headers, ASTRONAUT)
+    cases = [
+        ({"uploadId": upload["uploadId"], "hairstyleId": "mohawk-9000"}, 422,
+         "tryon.unknown_hairstyle"),
+        ({"hairstyleId": "bob"}, 422, "request.invalid"),
+        ({"uploadId": upload["uploadId"], "key": upload["key"], "hairstyleId": "bob"}, 422,
+         "request.invalid"),
+        ({"uploadId": upload["uploadId"], "hairstyleId": "bob", "prompt": "x" * 201}, 422,
+         "request.invalid"),
+        ({"uploadId": upload["uploadId"], "hairstyleId": "bob", "locale": "fr"}, 422,
+         "request.invalid"),
+    ]
+    for body, status, code in cases:
+        response = client.post("/v1/try-ons", json=body, headers=auth("hal", Accept_Language="es"))
+        assert response.status_code == status, body
+        assert response.get_json()["error"]["code"] == code
+        assert response.get_json()["error"]["message"] == MESSAGES[code]["es"]
+
+
+def test_idempotency_key(client, auth, svc, dispatch):
+    headers = auth("ida")
+    upload = upload_ready(client, headers, ASTRONAUT)
+    keyed = {**headers, "Idempotency-Key": "tap-123"}
+    first = start_job(client, keyed, upload["uploadId"])
+    again = start_job(client, keyed, upload["uploadId"])
+    assert first.status_code == again.status_code == 202
+    assert first.get_json() == again.get_json()
+    other = start_job(client, keyed, upload["uploadId"], hairstyleId="pixie-cut")
+    assert other.status_code == 409
+    assert other.get_json()["error"]["code"] == "idempotency.conflict"
+    with svc.sessions() as session:
+        jobs = list(session.scalars(select(TryOn).where(TryOn.user_id == "ida")))
+    assert len(jobs) == 1
+
+
+def test_etag_and_retry_after(client, auth, svc, dispatch, emulator):
+    emulator.configure(job_faults=["never_complete"])
+    headers = auth("ike")
+    upload = upload_ready(client, headers, ASTRONAUT)
+    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
+    first = client.get(f"/v1/try-ons/{job_id}", headers=headers)
+    assert first.status_code == 200 and first.headers["Retry-After"] == "2"
+    etag = first.headers["ETag"]
+    second = client.get(f"/v1/try-ons/{job_id}", headers={**headers, "If-None-Match": etag})
+    assert second.status_code == 304
+
+
+def test_etag_of_a_succeeded_job_is_stable_while_its_urls_live(client, auth, svc, dispatch):
+    headers, _, job_id, _ = ready_job(client, auth, svc, dispatch, user="jon")
+    first = client.get(f"/v1/try-ons/{job_id}", headers=headers)
+    time.sleep(1.1)  # SigV4 dates have one-second resolution
+    second = client.get(f"/v1/try-ons/{job_id}", headers=headers)
+    # The body changes with every signature; the ETag does not.
+    assert first.get_json()["resultUrl"] != second.get_json()["resultUrl"]
+    assert first.headers["ETag"] == second.headers["ETag"]
+    assert client.get(f"/v1/try-ons/{job_id}", headers={
+        **headers, "If-None-Match": first.headers["ETag"]}).status_code == 304
+    assert client.put(f"/v1/try-ons/{job_id}/favorite", headers=headers).status_code == 200
+    changed = client.get(f"/v1/try-ons/{job_id}", headers={
+        **headers, "If-None-Match": first.headers["ETag"]})
+    assert changed.status_code == 200
+
+
+def test_favorite_keeps_the_result(client, auth, svc, dispatch, settings):
+    headers, _, job_id, job = ready_job(client, auth, svc, dispatch, user="kay")
+    body = client.put(f"/v1/try-ons/{job_id}/favorite", headers=headers).get_json()
+    assert body["favorite"] is True and body["deleteAfter"] is None
+    tags = svc.storage.client.get_object_tagging(Bucket=settings.processed_bucket,
+                                                 Key=job.result_key)["TagSet"]
+    assert {"Key": "retention", "Value": "kept"} in tags
+    from shared import retention
+
+    later = svc.clock() + timedelta(days=30)
+    svc.clock = lambda: later
+    assert retention.delete_expired_results(svc) == 0
+    body = client.delete(f"/v1/try-ons/{job_id}/favorite", headers=headers).get_json()
+    assert body["favorite"] is False and body["deleteAfter"]
+    svc.clock = lambda: later + timedelta(days=8)
+    assert retention.delete_expired_results(svc) == 1
+    with pytest.raises(ObjectMissing):
+        svc.storage.head(settings.processed_bucket, job.result_key)
+    assert client.get(f"/v1/try-ons/{job_id}", headers=headers).status_code == 404
+
+
+def test_delete_job_removes_results_and_cancels_in_flight(client, auth, svc, dispatch, emulator,
+                                                          settings):
+    headers, _, job_id, job = ready_job(client, auth, svc, dispatch, user="lea")
+    assert client.delete(f"/v1/try-ons/{job_id}", headers=headers).status_code == 204
+    for key in (job.result_key, job.thumbnail_key):
+        with pytest.raises(ObjectMissing):
+            svc.storage.head(settings.processed_bucket, key)
+    assert client.get(f"/v1/try-ons/{job_id}", headers=headers).status_code == 404
+
+    emulator.configure(job_faults=["never_complete"])
+    upload = upload_ready(client, headers, ASTRONAUT)
+    in_flight = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
+    dispatch.run_due(lambda: job_row(svc, in_flight).fal_request_id is not None, 10)
+    assert client.delete(f"/v1/try-ons/{in_flight}", headers=headers).status_code == 204
+    assert emulator.stats()["cancels"] == 1
+
+
+def test_list_pages_and_filters(client, auth, svc, dispatch, emulator):
+    headers = auth("max")
+    upload = upload_ready(client, headers, ASTRONAUT)
+    ids = [start_job(client, headers, upload["uploadId"]).get_json()["jobId"] for _ in range(3)]
+    for job_id in ids:
+        wait_done(svc, dispatch, job_id)
+    page = client.get("/v1/try-ons?limit=2", headers=headers).get_json()
+    rest = client.get(f"/v1/try-ons?limit=2&cursor={page['nextCursor']}",
+                      headers=headers).get_json()
+    assert sorted(j["jobId"] for j in page["items"] + rest["items"]) == sorted(ids)
+    assert client.get("/v1/try-ons?status=failed", headers=headers).get_json()["items"] == []
+
+
+def test_try_on_quota(client, auth, quotas, dispatch):
+    from limits import parse
+
+    quotas.limits = replace(quotas.limits, tryon_daily=parse("1/day"))
+    headers = auth("ned")
+    upload = upload_ready(client, headers, ASTRONAUT)
+    assert start_job(client, headers, upload["uploadId"]).status_code == 202
+    response = start_job(client, headers, upload["uploadId"], locale="es")
+    assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
+    assert response.get_json()["error"]["message"] == MESSAGES["quota.exceeded"]["es"]
+
+
+def test_broker_down_at_enqueue_is_reconciled(client, auth, svc, dispatch, emulator):
+    headers = auth("ola")
+    upload = upload_ready(client, headers, ASTRONAUT)
+    dispatch.broker_down = True
+    response = start_job(client, headers, upload["uploadId"])
+    assert response.status_code == 202 and response.get_json()["status"] == "queued"
+    dispatch.broker_down = False
+    job_id = response.get_json()["jobId"]
+    assert tryon_pipeline.send(svc, tryon_pipeline.reconcile(svc)) == 0  # not stale yet
+    real_clock = svc.clock
+    svc.clock = lambda: real_clock() + timedelta(seconds=31)
+    tryon_pipeline.send(svc, tryon_pipeline.reconcile(svc))
+    svc.clock = real_clock
+    assert wait_done(svc, dispatch, job_id).status == "succeeded"
+    assert emulator.stats()["submits"] == 1
+
+
+def test_hairstyles_catalogue(client, auth):
+    body = client.get("/v1/hairstyles", headers=auth(Accept_Language="es")).get_json()
+    bob = next(s for s in body["items"] if s["id"] == "bob")
+    assert bob["name"] == "Bob clásico" and bob["names"]["en"] == "Classic bob"
+    assert "prompt" not in bob  # the template stays server-side

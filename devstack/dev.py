@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 import httpx
 
+from devstack.fal_emulator import FalEmulatorProcess, start_emulator_process
 from devstack.localstack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, start_s3
 from devstack.procs import ManagedProcess, free_port, tail, wait_until
 from devstack.redis_server import start_redis
@@ -32,7 +33,8 @@ DEV_USER = "dev-user"
 READY_TIMEOUT = 120.0
 
 
-def stack_environment(data_dir: Path, s3_url: str, redis_url: str) -> dict[str, str]:
+def stack_environment(data_dir: Path, s3_url: str, redis_url: str, fal: FalEmulatorProcess,
+                      api_port: int) -> dict[str, str]:
     """Settings for every process of the local stack (explicit values win)."""
     env = dict(os.environ)
     defaults = {
@@ -43,6 +45,8 @@ def stack_environment(data_dir: Path, s3_url: str, redis_url: str) -> dict[str, 
         "AWS_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
         "S3_REGION": REGION,
         "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "prometheus"),
+        # Webhook mode: the emulator calls back into the API, as fal would.
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
     }
     for key, value in defaults.items():
         env.setdefault(key, value)
@@ -50,6 +54,14 @@ def stack_environment(data_dir: Path, s3_url: str, redis_url: str) -> dict[str, 
     env["REDIS_URL"] = redis_url
     env["CELERY_BROKER_URL"] = redis_url
     env["S3_ENDPOINT_URL"] = s3_url
+    env.update({
+        "FAL_QUEUE_HOST": f"127.0.0.1:{fal.port}",
+        "FAL_KEY": "emulator-key",
+        "FAL_WEBHOOK_JWKS_URL": fal.jwks_url,
+        "FAL_MEDIA_HOSTS": f"127.0.0.1:{fal.port}",
+        # httpx and urllib trust the emulator's local CA (plus the system roots).
+        "SSL_CERT_FILE": str(fal.ca_bundle_path),
+    })
     return env
 
 
@@ -58,7 +70,8 @@ def _bin(name: str) -> str:
 
 
 @contextmanager
-def running_stack(port: int, data_dir: Path, workers: int = 2) -> Iterator[dict[str, str]]:
+def running_stack(port: int, data_dir: Path, workers: int = 2,
+                  fal_latency: float = 2.0) -> Iterator[dict[str, str]]:
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     with ExitStack() as stack:
@@ -66,7 +79,9 @@ def running_stack(port: int, data_dir: Path, workers: int = 2) -> Iterator[dict[
         stack.callback(s3.stop)
         redis = start_redis(data_dir / "redis")
         stack.callback(redis.stop)
-        env = stack_environment(data_dir, s3.endpoint_url, redis.url)
+        fal = start_emulator_process(data_dir / "fal-emulator", latency=fal_latency)
+        stack.callback(fal.stop)
+        env = stack_environment(data_dir, s3.endpoint_url, redis.url, fal, port)
         prom = Path(env["PROMETHEUS_MULTIPROC_DIR"])
         prom.mkdir(parents=True, exist_ok=True)
         for stale in prom.glob("*.db"):
@@ -83,8 +98,8 @@ def running_stack(port: int, data_dir: Path, workers: int = 2) -> Iterator[dict[
             ManagedProcess([_bin("celery"), "-A", "worker.app", "beat", "--loglevel", "INFO",
                             "-s", str(data_dir / "beat-schedule")],
                            logs / "beat.log", env=env, cwd=REPO_ROOT, name="beat"),
-            ManagedProcess([_bin("gunicorn"), "-b", f"127.0.0.1:{port}", "-w", "2",
-                            "--access-logfile", "-", "api.wsgi:app"],
+            ManagedProcess([_bin("gunicorn"), "-c", "python:api.gunicorn_conf",
+                            "-b", f"127.0.0.1:{port}", "-w", "2", "api.wsgi:app"],
                            logs / "api.log", env=env, cwd=REPO_ROOT, name="api"),
         ]
         for process in processes:
@@ -98,6 +113,7 @@ def running_stack(port: int, data_dir: Path, workers: int = 2) -> Iterator[dict[
                 f"--- {p.name} ---\n{tail(p.log_path)}" for p in dead))
         env["HF_BASE_URL"] = base
         env["HF_S3_KIND"] = type(s3).__name__
+        env["HF_FAL_URL"] = fal.base_url
         yield env
 
 
@@ -113,7 +129,9 @@ def _ready(base: str) -> bool:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR,
               show_default=True, help="Where the SQLite file, logs and S3 data live.")
 @click.option("--workers", default=2, show_default=True, help="Celery worker concurrency.")
-def dev_command(port: int, data_dir: Path, workers: int) -> None:
+@click.option("--fal-latency", default=2.0, show_default=True,
+              help="Seconds the fal emulator spends on each job.")
+def dev_command(port: int, data_dir: Path, workers: int, fal_latency: float) -> None:
     """Run API, worker, beat, Redis and a signature-checking S3 locally."""
     port = port or free_port()
     stop = {"now": False}
@@ -123,7 +141,7 @@ def dev_command(port: int, data_dir: Path, workers: int) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    with running_stack(port, data_dir.resolve(), workers) as env:
+    with running_stack(port, data_dir.resolve(), workers, fal_latency) as env:
         token = subprocess.run([_bin("hairfluencer"), "token", DEV_USER], env=env, check=True,
                                capture_output=True, text=True).stdout.strip()
         base = env["HF_BASE_URL"]
@@ -133,12 +151,13 @@ Hairfluencer is running (embedded defaults).
   health      {base}/healthz   {base}/readyz   metrics {base}/metrics
   S3          {env['S3_ENDPOINT_URL']} ({env['HF_S3_KIND']}; key/secret test/test)
   Redis       {env['REDIS_URL']}
+  fal.ai      {env['HF_FAL_URL']} (offline emulator; webhooks to {env['PUBLIC_BASE_URL']})
   database    {env['DATABASE_URL']}
   logs        {data_dir / 'logs'}
   user        {DEV_USER}
   token       {token}
 
-  curl -H "Authorization: Bearer $TOKEN" {base}/v1/uploads
+  try it:     hairfluencer try-on tests/fixtures/astronaut.jpg --style bob --base-url {base}
 READY {base}
 """, nl=True)
         sys.stdout.flush()

@@ -33,7 +33,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     out = data_dir / "dev.out"
     with out.open("wb") as sink:
         process = subprocess.Popen([HAIRFLUENCER, "dev", "--port", "0", "--data-dir",
-                                    str(data_dir)], stdout=sink, stderr=subprocess.STDOUT,
+                                    str(data_dir), "--fal-latency", "0.5"], stdout=sink, stderr=subprocess.STDOUT,
                                    env=env, start_new_session=True)
         try:
             deadline = time.monotonic() + 150
@@ -107,3 +107,28 @@ def test_ready_and_metrics(stack):
         "database": "ok", "redis": "ok", "storage": "ok"}
     metrics = httpx.get(f"{stack['base']}/metrics").text
     assert "upload_issued_total" in metrics
+
+
+def test_try_on_offline_through_the_dev_stack(stack, tmp_path):
+    """The README's demonstration: `hairfluencer try-on` against `hairfluencer dev`."""
+    from PIL import Image
+
+    out = tmp_path / "result.jpg"
+    result = subprocess.run(
+        [HAIRFLUENCER, "try-on", str(Path(__file__).parents[1] / "fixtures" / "astronaut.jpg"),
+         "--style", "bob", "--base-url", stack["base"], "--token", stack["token"],
+         "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"job\s+[0-9a-f-]{36}", result.stdout)
+    assert Image.open(out).size == (512, 512)
+    data_dir = Path(stack["data_dir"])
+    db = sqlite3.connect(data_dir / "hairfluencer.sqlite3")
+    status, key = db.execute("SELECT status, result_key FROM try_ons").fetchone()
+    assert status == "succeeded" and key.startswith("results/dev-user/")
+    # completion came by the emulator's signed webhook, not by polling
+    api_log = (data_dir / "logs" / "api.log").read_text()
+    assert '"POST /v1/webhooks/fal"' in api_log
+    assert "token=" not in api_log  # the webhook's HMAC token is not logged
+    for log_file in (data_dir / "logs").glob("*.log"):
+        for marker in SECRET_MARKERS:
+            assert marker not in log_file.read_text(errors="replace"), log_file.name

@@ -1,0 +1,23 @@
+"""gunicorn settings (`gunicorn -c python:api.gunicorn_conf api.wsgi:app`).
+
+The access log names the path without its query string: the fal webhook's query
+carries a per-job HMAC token, and no credential belongs in a log line.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+accesslog = "-"
+access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+timeout = 30
+graceful_timeout = 20
+
+
+def child_exit(_server: Any, worker: Any) -> None:
+    # Multi-process Prometheus metrics: drop a dead worker's live gauges.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

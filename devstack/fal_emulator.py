@@ -1429,6 +1429,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(message)s")
+    if not args.verbose:  # one line per download and webhook otherwise
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     knobs: dict[str, Any] = {"latency_seconds": args.latency, "queue_seconds": args.queue_seconds,
                              "max_concurrency": args.max_concurrency, "submit_faults": args.submit_faults,
                              "job_faults": args.job_faults, "webhook_mode": args.webhook_mode}

@@ -10,6 +10,7 @@ HTTP request, and classify failures ourselves (SPEC §5).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,7 +76,17 @@ class FalClientGateway:
         fal_http.MAX_ATTEMPTS = 1
         if settings.fal_queue_host:
             fal_http.QUEUE_URL_FORMAT = f"https://{settings.fal_queue_host}/"
-        self._client = fal_client.SyncClient(key=settings.fal_key or None, default_timeout=30)
+        self._key = settings.fal_key or None
+        # One SyncClient per thread: a client shared by threads was seen to break its
+        # own connections under load (Bad file descriptor, SSL record errors).
+        self._local = threading.local()
+
+    @property
+    def _client(self) -> fal_client.SyncClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = fal_client.SyncClient(key=self._key, default_timeout=30)
+        return client
 
     def submit(self, arguments: dict[str, Any], webhook_url: str | None) -> str:
         handle = _call(lambda: self._client.submit(self.model, arguments,

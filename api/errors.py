@@ -69,6 +69,14 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
+        if status == 304:
+            # flask-smorest's conditional GET: not an error. The client's ETag still
+            # holds, and so does the polling hint the full answer would carry.
+            response = Response(status=304)
+            response.headers["ETag"] = request.headers.get("If-None-Match", "")
+            if g.get("retry_after"):
+                response.headers["Retry-After"] = str(g.retry_after)
+            return response
         code = _HTTP_CODES.get(status, "internal.error" if status >= 500 else "request.invalid")
         details = None
         data = getattr(exc, "data", None)

@@ -23,6 +23,8 @@ def healthz() -> Response:
 @blp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     checks = {"database": _check_database, "redis": _check_redis, "storage": _check_storage}
+    if services().settings.celery_broker_url != services().settings.redis_url:
+        checks["broker"] = _check_broker
     results: dict[str, str] = {}
     for name, check in checks.items():
         try:
@@ -43,6 +45,13 @@ def _check_database() -> None:
 
 def _check_redis() -> None:
     quotas().ping()
+
+
+def _check_broker() -> None:
+    from shared.queue import celery_app
+
+    with celery_app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)
 
 
 def _check_storage() -> None:

@@ -52,6 +52,9 @@ class FalWebhook(MethodView):
             body = json.loads(request.get_data())
             if not isinstance(body, dict):
                 raise ValueError("body")
+            # The signed header names the request; the body must be about the same one.
+            if body.get("request_id") != request.headers.get("X-Fal-Webhook-Request-Id"):
+                raise ValueError("request id")
         except VerifierUnavailable:
             raise AppError("service.unavailable", retry_after=30) from None
         except (WebhookRejected, ValueError) as exc:

@@ -174,7 +174,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if not settings.jwt_dev_secret and not settings.jwt_jwks_url and not settings.is_production:
         settings = _with(settings, jwt_dev_secret=_dev_secret())
     if not settings.webhook_secret and not settings.is_production:
-        settings = _with(settings, webhook_secret=_derive(settings.jwt_dev_secret or "dev"))
+        settings = _with(settings, webhook_secret=_derive(settings.jwt_dev_secret or _dev_secret()))
     _check(settings)
     return settings
 

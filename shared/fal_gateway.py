@@ -74,6 +74,9 @@ class FalClientGateway:
         self.model = settings.fal_model_id
         # Module globals of fal-client, read at call time (see the module docstring).
         fal_http.MAX_ATTEMPTS = 1
+        # status/result/cancel use this (120 s read by default): a slow fal must not
+        # hold an API worker (DELETE cancels) or outlive a task's time limit.
+        fal_http.QUEUE_POLL_TIMEOUT = httpx.Timeout(15.0, connect=5.0)
         if settings.fal_queue_host:
             fal_http.QUEUE_URL_FORMAT = f"https://{settings.fal_queue_host}/"
         self._key = settings.fal_key or None

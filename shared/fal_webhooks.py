@@ -24,6 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 TIMESTAMP_TOLERANCE_SECONDS = 300
 JWKS_CACHE_SECONDS = 24 * 3600
+# After a signature fails against the cached keys, fetch the set again at most this
+# often (fal may have rotated its keys; a forger must not make us hammer the JWKS).
+JWKS_REFRESH_INTERVAL_SECONDS = 60
 
 
 class WebhookRejected(Exception):
@@ -43,7 +46,11 @@ def webhook_url(base_url: str, secret: str, job_id: str, attempt: int) -> str:
 
 
 def check_job_token(secret: str, job_id: str, attempt: int, token: str) -> None:
-    if not hmac.compare_digest(job_token(secret, job_id, attempt), token or ""):
+    if not secret:
+        raise WebhookRejected("webhooks not configured")
+    # bytes: compare_digest refuses non-ASCII str, and the token is attacker-chosen.
+    expected = job_token(secret, job_id, attempt).encode()
+    if not hmac.compare_digest(expected, (token or "").encode("utf-8", "replace")):
         raise WebhookRejected("job token")
 
 
@@ -64,6 +71,7 @@ class FalWebhookVerifier:
     def __init__(self, jwks_url: str) -> None:
         self._jwks = jwt.PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=JWKS_CACHE_SECONDS,
                                      timeout=5)
+        self._last_refresh = 0.0
 
     def verify(self, delivery: SignedDelivery, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -79,18 +87,28 @@ class FalWebhookVerifier:
             raise WebhookRejected("signature encoding") from None
         message = "\n".join([delivery.request_id, delivery.user_id, delivery.timestamp,
                              hashlib.sha256(delivery.body).hexdigest()]).encode()
-        for key in self._keys():
-            try:
-                key.verify(signature, message)
+        if self._verifies(self._keys(), signature, message):
+            return
+        if time.monotonic() - self._last_refresh > JWKS_REFRESH_INTERVAL_SECONDS:
+            self._last_refresh = time.monotonic()
+            if self._verifies(self._keys(refresh=True), signature, message):
                 return
-            except InvalidSignature:
-                continue
         raise WebhookRejected("signature")
 
-    def _keys(self) -> list[Ed25519PublicKey]:
+    @staticmethod
+    def _verifies(keys: list[Ed25519PublicKey], signature: bytes, message: bytes) -> bool:
+        for key in keys:
+            try:
+                key.verify(signature, message)
+                return True
+            except InvalidSignature:
+                continue
+        return False
+
+    def _keys(self, refresh: bool = False) -> list[Ed25519PublicKey]:
         # All Ed25519 keys of the set: fal may rotate, and its keys need not carry a kid.
         try:
-            keys = self._jwks.get_jwk_set().keys
+            keys = self._jwks.get_jwk_set(refresh=refresh).keys
         except jwt.PyJWKClientError:
             raise VerifierUnavailable("jwks unavailable") from None
         return [k.key for k in keys if isinstance(k.key, Ed25519PublicKey)]

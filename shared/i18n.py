@@ -98,6 +98,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "This photo is not allowed. Please use a different selfie.",
         "es": "Esta foto no está permitida. Usa otro selfi.",
     },
+    "upload.validation_failed": {
+        "en": "We could not check this photo. Please upload it again.",
+        "es": "No pudimos revisar esta foto. Vuelve a subirla.",
+    },
     "upload.not_ready": {
         "en": "Your photo is still being checked. Please try again in a moment.",
         "es": "Todavía estamos revisando tu foto. Inténtalo de nuevo en un momento.",

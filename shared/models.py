@@ -133,9 +133,13 @@ class TryOn(Base):
     favorite: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     delete_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # SHA-256 of the client's Idempotency-Key: the database's guarantee of one job
+    # per key, under the Redis record that replays the original response.
+    idempotency_key: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         Index("ix_try_ons_user_created", "user_id", "created_at", "id"),
+        Index("ux_try_ons_user_idempotency", "user_id", "idempotency_key", unique=True),
         Index("ix_try_ons_status", "status"),
         Index("ix_try_ons_upload", "upload_id"),
     )

@@ -8,7 +8,7 @@ repeated run does no harm.
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 
@@ -28,16 +28,35 @@ DONE_STATES = (UploadStatus.READY, UploadStatus.REJECTED, UploadStatus.DELETED,
                UploadStatus.EXPIRED)
 
 
+# Validation that has not finished this long after confirm never will (a file that
+# crashes the worker, a hook that keeps failing): it is rejected, and its bytes go.
+VALIDATION_GIVE_UP = timedelta(hours=1)
+
+
 def resend_stale_validations(svc: Services) -> int:
-    cutoff = svc.clock() - timedelta(seconds=svc.settings.validation_stale_seconds)
+    now = svc.clock()
+    cutoff = now - timedelta(seconds=svc.settings.validation_stale_seconds)
+    _give_up_on_validation(svc, now)
     with svc.sessions() as session:
         ids = list(session.scalars(
             select(Upload.id).where(Upload.status == UploadStatus.VALIDATING,
-                                    Upload.confirmed_at < cutoff).limit(BATCH)))
+                                    Upload.confirmed_at < cutoff)
+            .order_by(Upload.confirmed_at).limit(BATCH)))
     sent = sum(1 for upload_id in ids if svc.dispatch(VALIDATE_TASK, upload_id))
     if ids:
         log.info("re-sent %d of %d stale validations", sent, len(ids))
     return sent
+
+
+def _give_up_on_validation(svc: Services, now: datetime) -> None:
+    from shared.validation import Rejection, reject
+
+    with svc.sessions() as session:
+        rows = list(session.scalars(select(Upload).where(
+            Upload.status == UploadStatus.VALIDATING,
+            Upload.confirmed_at < now - VALIDATION_GIVE_UP).limit(BATCH)))
+    for upload in rows:
+        reject(svc, upload, Rejection("upload.validation_failed", "gave up after retries"))
 
 
 def purge_raw_objects(svc: Services) -> int:
@@ -76,11 +95,19 @@ def expire_unconfirmed(svc: Services) -> int:
 
 
 def delete_past_retention(svc: Services) -> int:
+    """Selfies past their deadline, unless a try-on in flight still needs them
+    (they go at the next pass after it finished)."""
+    from shared.models import JobStatus, TryOn
+
     now = svc.clock()
+    in_flight = select(TryOn.id).where(
+        TryOn.upload_id == Upload.id,
+        TryOn.status.in_((JobStatus.QUEUED, JobStatus.PROCESSING))).exists()
     with svc.sessions() as session:
         rows = list(session.scalars(
-            select(Upload).where(Upload.status.in_((UploadStatus.READY, UploadStatus.REJECTED)),
-                                 Upload.delete_after < now).limit(BATCH)))
+            select(Upload).where(Upload.status.in_((UploadStatus.READY, UploadStatus.REJECTED,
+                                                    UploadStatus.VALIDATING)),
+                                 Upload.delete_after < now, ~in_flight).limit(BATCH)))
     for upload in rows:
         erase_objects(svc, upload, now)
         with svc.sessions.begin() as session:

@@ -31,7 +31,7 @@ from shared.hairstyles import catalogue, compose_prompt
 from shared.images import ImageRejected, sanitize
 from shared.models import JobStatus, TryOn, Upload, UploadStatus
 from shared.services import Services
-from shared.tryons import RESULT_TAGS_TEMPORARY, RUN_TASK, result_deadline
+from shared.tryons import RESULT_TAGS_KEPT, RESULT_TAGS_TEMPORARY, RUN_TASK, result_deadline
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ COMPLETE_TASK = "tryons.complete"
 DEADLINE_TASK = "tryons.deadline"
 UPLOAD_WAIT_STEP_SECONDS = 1.0
 THUMBNAIL_SIZE = (256, 256)
+RESULT_FORMATS = ["JPEG", "PNG", "WEBP"]
 SIGNED_INPUT_TTL_SECONDS = 300
 
 
@@ -66,10 +67,8 @@ def _load(svc: Services, job_id: str) -> TryOn | None:
 
 def run(svc: Services, job_id: str) -> list[FollowUp]:
     job = _load(svc, job_id)
-    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.PROCESSING):
-        return []
-    if job.status == JobStatus.PROCESSING and job.fal_request_id:
-        return []  # submitted already; completion is on its way
+    if job is None or job.status != JobStatus.QUEUED:
+        return []  # submitted already (completion is on its way) or finished
     now = svc.clock()
     with svc.sessions() as session:
         upload = session.get(Upload, job.upload_id)
@@ -83,6 +82,9 @@ def run(svc: Services, job_id: str) -> list[FollowUp]:
         if now >= job.created_at + timedelta(seconds=svc.settings.upload_wait_seconds):
             _fail(svc, job, "upload.not_ready")
             return []
+        # Touch the row, so the reconciler sees this job is being looked after.
+        with svc.sessions.begin() as session:
+            session.execute(update(TryOn).where(TryOn.id == job.id).values(updated_at=now))
         return [FollowUp(RUN_TASK, (job.id,), UPLOAD_WAIT_STEP_SECONDS)]
     if job.deadline_at is not None and now >= job.deadline_at:
         return _time_out(svc, job)
@@ -95,10 +97,11 @@ def _submit(svc: Services, job: TryOn, upload: Upload, now: datetime) -> list[Fo
     first = job.first_submitted_at or now
     deadline = job.deadline_at or now + timedelta(seconds=s.fal_deadline_seconds)
     with svc.sessions.begin() as session:
-        # Claim this attempt: of two concurrent runs exactly one submits.
+        # Claim this attempt: of two concurrent runs exactly one submits, and a job
+        # already processing is never submitted again from here.
         if not updated_rows(session, update(TryOn).where(
                 TryOn.id == job.id, TryOn.attempt == job.attempt,
-                TryOn.status.in_((JobStatus.QUEUED, JobStatus.PROCESSING))).values(
+                TryOn.status == JobStatus.QUEUED).values(
                 status=JobStatus.PROCESSING, attempt=attempt, fal_request_id=None,
                 first_submitted_at=first, deadline_at=deadline, updated_at=now,
                 source_sha256=upload.sanitized_sha256)):
@@ -149,10 +152,11 @@ def _after_failure(svc: Services, job_id: str, attempt: int,
         if job.deadline_at is not None and now + timedelta(seconds=delay) >= job.deadline_at:
             return _time_out(svc, job)
         with svc.sessions.begin() as session:
-            session.execute(update(TryOn).where(TryOn.id == job.id, TryOn.attempt == attempt)
-                            .values(status=JobStatus.QUEUED, fal_request_id=None,
-                                    updated_at=now))
-        return [FollowUp(RUN_TASK, (job.id,), delay)]
+            requeued = updated_rows(session, update(TryOn).where(
+                TryOn.id == job.id, TryOn.attempt == attempt,
+                TryOn.status == JobStatus.PROCESSING).values(
+                status=JobStatus.QUEUED, fal_request_id=None, updated_at=now))
+        return [FollowUp(RUN_TASK, (job.id,), delay)] if requeued else []
     _fail(svc, job, failure.code, attempt=attempt, detail=str(failure))
     return []
 
@@ -184,7 +188,15 @@ def complete(svc: Services, job_id: str, attempt: int, completion: Completion) -
         return _after_failure(svc, job.id, attempt,
                               classify_completion_error(completion.error_type))
     try:
-        urls = parse_output(completion.output).image_urls
+        try:
+            urls = parse_output(completion.output).image_urls
+        except FalFailure:
+            # fal finished but the webhook carried no usable payload (payload_error):
+            # the result is still at fal, ask for it.
+            request_id = job.fal_request_id or completion.request_id
+            if not request_id:
+                raise
+            urls = svc.fal.result(request_id).image_urls
         data = _download(svc, urls[0])
         stored = _store_result(svc, job, data)
     except FalFailure as failure:
@@ -227,7 +239,7 @@ def _download(svc: Services, url: str) -> bytes:
 
 def _store_result(svc: Services, job: TryOn, data: bytes) -> _Stored:
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=RESULT_FORMATS) as image:
             if image.width * image.height > svc.settings.max_image_pixels:
                 raise FalFailure("fal.bad_result", retriable=False, error_type="too many pixels")
             image.load()
@@ -266,6 +278,11 @@ def _succeed(svc: Services, job: TryOn, attempt: int, stored: _Stored) -> None:
         audit.record(session, at=now, user_id=job.user_id, action="tryon.succeeded",
                      subject_type="try_on", subject_id=job.id, attempt=attempt,
                      result_sha256=stored.sha256, source_sha256=job.source_sha256)
+    fresh = _load(svc, job.id)
+    if fresh is not None and fresh.favorite:
+        # Favorited while it was running: its objects must not carry the 7-day tag.
+        for key in (stored.key, stored.thumb_key):
+            svc.storage.set_tags(svc.settings.processed_bucket, key, RESULT_TAGS_KEPT)
     metrics.FAL_SUCCESS.inc()
     if job.first_submitted_at:
         metrics.FAL_DURATION.observe((now - job.first_submitted_at).total_seconds())
@@ -286,7 +303,7 @@ def _fail(svc: Services, job: TryOn, code: str, *, attempt: int | None = None,
             return
         audit.record(session, at=now, user_id=job.user_id, action="tryon.failed",
                      subject_type="try_on", subject_id=job.id, code=code,
-                     attempt=attempt or job.attempt)
+                     attempt=attempt or job.attempt, source_sha256=job.source_sha256)
     metrics.JOB_OUTCOMES.labels(outcome="failed").inc()
     log.warning("job %s failed: %s %s", job.id, code, detail)
 
@@ -349,6 +366,12 @@ def cancel_quietly(svc: Services, request_id: str) -> None:
 RECONCILE_BATCH = 500
 
 
+# A claimed attempt with no request id after this long died between claim and
+# submit (worker killed, a bug): it is handed back to the queue. The submit's own
+# timeout (30 s) is well inside it, so a submit still in progress is not doubled.
+CLAIM_ABANDONED_AFTER = timedelta(seconds=90)
+
+
 def reconcile(svc: Services, *, queued_after: timedelta = timedelta(seconds=30),
               silent_after: timedelta = timedelta(seconds=30)) -> list[FollowUp]:
     """Jobs left queued (broker down at enqueue) are sent again; jobs processing
@@ -358,12 +381,22 @@ def reconcile(svc: Services, *, queued_after: timedelta = timedelta(seconds=30),
     with svc.sessions() as session:
         stuck = list(session.scalars(select(TryOn).where(
             TryOn.status.in_((JobStatus.QUEUED, JobStatus.PROCESSING)),
-            TryOn.updated_at < now - min(queued_after, silent_after)).limit(RECONCILE_BATCH)))
+            TryOn.updated_at < now - min(queued_after, silent_after))
+            .order_by(TryOn.updated_at).limit(RECONCILE_BATCH)))
     for job in stuck:
         if job.deadline_at is not None and now >= job.deadline_at:
             follow += _time_out(svc, job)
         elif job.status == JobStatus.QUEUED and job.updated_at < now - queued_after:
             follow.append(FollowUp(RUN_TASK, (job.id,)))
+        elif job.status == JobStatus.PROCESSING and not job.fal_request_id:
+            if job.updated_at < now - CLAIM_ABANDONED_AFTER:
+                with svc.sessions.begin() as session:
+                    if updated_rows(session, update(TryOn).where(
+                            TryOn.id == job.id, TryOn.attempt == job.attempt,
+                            TryOn.status == JobStatus.PROCESSING,
+                            TryOn.fal_request_id.is_(None)).values(
+                            status=JobStatus.QUEUED, updated_at=now)):
+                        follow.append(FollowUp(RUN_TASK, (job.id,)))
         elif job.status == JobStatus.PROCESSING and job.updated_at < now - silent_after:
             follow.append(FollowUp(POLL_TASK, (job.id, job.attempt, False)))
     return follow

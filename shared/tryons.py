@@ -6,14 +6,18 @@ shared/tryon_pipeline.py.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from shared import audit
+from shared.db import updated_rows
 from shared.errors import AppError
 from shared.hairstyles import catalogue
 from shared.keys import parse_raw_key
@@ -30,8 +34,14 @@ IN_FLIGHT = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 
 def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None,
-          hairstyle_id: str, prompt: str | None, locale: str) -> TryOn:
-    """Commit the job, then send it; a broker outage leaves it for the reconciler."""
+          hairstyle_id: str, prompt: str | None, locale: str,
+          idempotency_key: str | None = None, charge: Callable[[], None] | None = None) -> TryOn:
+    """Commit the job, then send it; a broker outage leaves it for the reconciler.
+
+    `charge` (the daily quota) runs only once the request is known to be valid.
+    With an `idempotency_key` (hashed), a second job for the same key is never
+    created: the existing one is returned.
+    """
     if hairstyle_id not in catalogue():
         raise AppError("tryon.unknown_hairstyle")
     upload = _source_upload(svc, user_id, upload_id, key)
@@ -41,18 +51,48 @@ def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None
         raise AppError("upload.not_ready")
     if upload.status not in (UploadStatus.VALIDATING, UploadStatus.READY):
         raise AppError("upload.not_found")
+    key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else None
+    if key_hash and (existing := _by_idempotency_key(svc, user_id, key_hash)):
+        return existing
+    if charge is not None:
+        charge()
     now = svc.clock()
     job = TryOn(id=str(uuid.uuid4()), user_id=user_id, upload_id=upload.id,
                 hairstyle_id=hairstyle_id, user_prompt=prompt, locale=locale,
                 status=JobStatus.QUEUED, created_at=now, updated_at=now, attempt=0,
-                favorite=False)
-    with svc.sessions.begin() as session:
-        session.add(job)
-        audit.record(session, at=now, user_id=user_id, action="tryon.created",
-                     subject_type="try_on", subject_id=job.id, upload_id=upload.id,
-                     hairstyle_id=hairstyle_id)
+                favorite=False, idempotency_key=key_hash)
+    try:
+        with svc.sessions.begin() as session:
+            session.add(job)
+            audit.record(session, at=now, user_id=user_id, action="tryon.created",
+                         subject_type="try_on", subject_id=job.id, upload_id=upload.id,
+                         hairstyle_id=hairstyle_id)
+    except IntegrityError:
+        # The same key won a race a moment ago: that job is the answer.
+        existing = _by_idempotency_key(svc, user_id, key_hash) if key_hash else None
+        if existing is None:
+            raise
+        return existing
     svc.dispatch(RUN_TASK, job.id)
     return job
+
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+
+
+def _by_idempotency_key(svc: Services, user_id: str, key_hash: str) -> TryOn | None:
+    with svc.sessions() as session:
+        return session.scalars(select(TryOn).where(
+            TryOn.user_id == user_id, TryOn.idempotency_key == key_hash,
+            TryOn.created_at >= svc.clock() - IDEMPOTENCY_WINDOW)).one_or_none()
+
+
+def release_idempotency_keys(svc: Services) -> int:
+    """Keys are kept 24 h; after that the same key may start a new job."""
+    with svc.sessions.begin() as session:
+        return updated_rows(session, update(TryOn).where(
+            TryOn.idempotency_key.is_not(None),
+            TryOn.created_at < svc.clock() - IDEMPOTENCY_WINDOW).values(idempotency_key=None))
 
 
 def _source_upload(svc: Services, user_id: str, upload_id: str | None,

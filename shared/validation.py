@@ -50,7 +50,7 @@ def validate_upload(svc: Services, upload_id: str) -> Outcome:
     try:
         result = _check_and_sanitize(svc, upload, timings)
     except Rejection as rejection:
-        _reject(svc, upload, rejection)
+        reject(svc, upload, rejection)
         return Outcome(UploadStatus.REJECTED, rejection.code)
     _accept(svc, upload, result, timings)
     return Outcome(UploadStatus.READY)
@@ -109,7 +109,7 @@ def _accept(svc: Services, upload: Upload, result: _Sanitized, timings: dict[str
     log.info("upload %s ready [%s]", upload.id, _format_timings(timings))
 
 
-def _reject(svc: Services, upload: Upload, rejection: Rejection) -> None:
+def reject(svc: Services, upload: Upload, rejection: Rejection) -> None:
     now = svc.clock()
     remove_raw_bytes(svc, upload, now)
     with svc.sessions.begin() as session:

@@ -86,4 +86,7 @@ def reconcile_tryons(self: AppTask) -> int:
 
 @_maintenance("tryon_retention")
 def tryon_retention(self: AppTask) -> int:
+    from shared.tryons import release_idempotency_keys
+
+    release_idempotency_keys(self.svc)
     return retention.delete_expired_results(self.svc)

@@ -6,7 +6,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, current_app, g, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -29,11 +29,15 @@ blp = Blueprint("try-ons", __name__, url_prefix="/v1", description="Hairstyle tr
 POLL_HINT_SECONDS = 2
 
 
+def _now() -> float:
+    return time.time()
+
+
 def _url_window(ttl: int) -> tuple[int, int]:
     """(window index, window length). URLs signed inside one window stay valid past
     its end, so a client whose ETag still matches holds working URLs."""
     length = max(30, ttl - 60)
-    return int(time.time() // length), length
+    return int(_now() // length), length
 
 
 def job_view(job: TryOn) -> dict[str, Any]:
@@ -85,21 +89,23 @@ class TryOnCollection(MethodView):
         key = request.headers.get("Idempotency-Key")
         print_ = fingerprint(body)
         if key:
-            replay = _idempotency().begin(user_id, key[:255], print_)
+            key = key[:255]
+            replay = _idempotency().begin(user_id, key, print_)
             if replay is not None:
                 return _json_response(replay.body, replay.status)
         try:
-            quotas().consume_tryon(user_id)
             job = tryons.start(services(), user_id, upload_id=body["uploadId"],
                                key=body["key"], hairstyle_id=body["hairstyleId"],
-                               prompt=body["prompt"], locale=body["locale"] or request_locale())
+                               prompt=body["prompt"], locale=body["locale"] or request_locale(),
+                               idempotency_key=key,
+                               charge=lambda: quotas().consume_tryon(user_id))
         except Exception:
             if key:
-                _idempotency().abandon(user_id, key[:255])
+                _idempotency().abandon(user_id, key)
             raise
         view = TryOnSchema().dump(job_view(job))
         if key:
-            _idempotency().complete(user_id, key[:255], print_, 202, view)
+            _idempotency().complete(user_id, key, print_, 202, view)
         return _json_response(view, 202)
 
     @blp.arguments(TryOnListArgsSchema, location="query")
@@ -118,10 +124,11 @@ class TryOnItem(MethodView):
     def get(self, job_id: str) -> Any:
         """One job; poll it with If-None-Match (304 while nothing changed)"""
         job = tryons.get(services(), current_user_id(), job_id)
-        blp.set_etag(_etag_data(job))
         headers = {}
         if job.status in (JobStatus.QUEUED, JobStatus.PROCESSING):
+            g.retry_after = POLL_HINT_SECONDS  # also on a 304 (api/errors.py)
             headers["Retry-After"] = str(POLL_HINT_SECONDS)
+        blp.set_etag(_etag_data(job))
         return job_view(job), 200, headers
 
     @blp.response(204)

@@ -32,9 +32,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     env["VALIDATION_STALE_SECONDS"] = "2"
     out = data_dir / "dev.out"
     with out.open("wb") as sink:
-        process = subprocess.Popen([HAIRFLUENCER, "dev", "--port", "0", "--data-dir",
-                                    str(data_dir), "--fal-latency", "0.5"], stdout=sink, stderr=subprocess.STDOUT,
-                                   env=env, start_new_session=True)
+        command = [HAIRFLUENCER, "dev", "--port", "0", "--data-dir", str(data_dir),
+                   "--fal-latency", "0.5"]
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
         try:
             deadline = time.monotonic() + 150
             while time.monotonic() < deadline:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from PIL import Image, ImageChops, ImageStat
 from sqlalchemy import select
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from devstack.fal_emulator import FalEmulator
 from devstack.procs import free_port
@@ -61,11 +61,19 @@ def settings(pg_url, s3_endpoint, buckets, emulator):  # overrides conftest's
         fal_retry_base_seconds=0.05, fal_deadline_seconds=20, upload_wait_seconds=5)
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """The test server's access log would print request lines with their query
+    (production's gunicorn logs paths only: api/gunicorn_conf.py)."""
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 @pytest.fixture
 def live_api(app, svc) -> Iterator[str]:
     """The app on a real port, so the emulator can deliver webhooks to it."""
     port = free_port()
-    server = make_server("127.0.0.1", port, app, threaded=True)
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -175,9 +183,12 @@ def test_polling_mode_end_to_end(client, auth, svc, dispatch, settings, emulator
     assert_no_secrets(json_logs, caplog)
 
 
-def test_webhook_mode_end_to_end(client, auth, svc, dispatch, emulator, live_api):
+def test_webhook_mode_end_to_end(client, auth, svc, dispatch, emulator, live_api, settings):
     _, _, job_id, job = ready_job(client, auth, svc, dispatch, user="uma")
     assert job.status == "succeeded"
+    for key in (job.result_key, job.thumbnail_key):
+        assert key.startswith("results/uma/")
+        _decode(svc.storage.get_bytes(settings.processed_bucket, key, max_bytes=10**7))
     stats = emulator.stats()
     assert stats["submits"] == 1 and stats["webhooks_sent"] >= 1
     assert dispatch.count("tryons.poll") == 0  # completion came by webhook
@@ -260,11 +271,16 @@ def test_retriable_submit_failure_is_retried_with_a_fresh_url(client, auth, svc,
     assert_no_secrets(json_logs, caplog)
 
 
-def test_retries_are_bounded(client, auth, svc, dispatch, emulator):
+def test_retries_are_bounded(client, auth, svc, dispatch, emulator, json_logs, caplog):
     emulator.configure(submit_faults=["503_runner"] * 10)
-    _, _, job_id, job = ready_job(client, auth, svc, dispatch, user="yuri")
+    headers, _, job_id, job = ready_job(client, auth, svc, dispatch, user="yuri")
     assert job.status == "failed" and job.error_code == "fal.unavailable"
     assert emulator.stats()["submits"] == 4  # one try and three retries
+    for locale in ("en", "es"):
+        error = client.get(f"/v1/try-ons/{job_id}?locale={locale}", headers=headers).get_json()[
+            "error"]
+        assert error["message"] == MESSAGES["fal.unavailable"][locale] and error["retriable"]
+    assert_no_secrets(json_logs, caplog)
 
 
 @pytest.mark.parametrize(("fault", "code"), [
@@ -298,9 +314,14 @@ def test_job_faults(request, client, auth, svc, dispatch, emulator, fault, statu
     if completion == "webhook":
         request.getfixturevalue("live_api")
     emulator.configure(job_faults=[fault])
-    _, _, job_id, job = ready_job(client, auth, svc, dispatch, user="abe")
+    headers, _, job_id, job = ready_job(client, auth, svc, dispatch, user="abe")
     assert (job.status, job.error_code) == (status, code)
     assert emulator.stats()["submits"] == submits
+    if code:
+        for locale in ("en", "es"):
+            error = client.get(f"/v1/try-ons/{job_id}?locale={locale}",
+                               headers=headers).get_json()["error"]
+            assert (error["code"], error["message"]) == (code, MESSAGES[code][locale])
     assert_no_secrets(json_logs, caplog)
 
 
@@ -425,10 +446,15 @@ def test_etag_and_retry_after(client, auth, svc, dispatch, emulator):
     assert first.status_code == 200 and first.headers["Retry-After"] == "2"
     etag = first.headers["ETag"]
     second = client.get(f"/v1/try-ons/{job_id}", headers={**headers, "If-None-Match": etag})
-    assert second.status_code == 304
+    assert second.status_code == 304 and second.get_data() == b""
+    assert second.headers["ETag"] == etag and second.headers["Retry-After"] == "2"
 
 
-def test_etag_of_a_succeeded_job_is_stable_while_its_urls_live(client, auth, svc, dispatch):
+def test_etag_of_a_succeeded_job_is_stable_while_its_urls_live(client, auth, svc, dispatch,
+                                                               monkeypatch):
+    from api.tryons import resources
+
+    monkeypatch.setattr(resources, "_now", lambda: 1_000_000.0)  # inside one signing window
     headers, _, job_id, _ = ready_job(client, auth, svc, dispatch, user="jon")
     first = client.get(f"/v1/try-ons/{job_id}", headers=headers)
     time.sleep(1.1)  # SigV4 dates have one-second resolution
@@ -442,6 +468,11 @@ def test_etag_of_a_succeeded_job_is_stable_while_its_urls_live(client, auth, svc
     changed = client.get(f"/v1/try-ons/{job_id}", headers={
         **headers, "If-None-Match": first.headers["ETag"]})
     assert changed.status_code == 200
+    # a new signing window means new URLs, so a new ETag
+    monkeypatch.setattr(resources, "_now", lambda: 1_000_000.0 + 600)
+    moved = client.get(f"/v1/try-ons/{job_id}", headers={
+        **headers, "If-None-Match": changed.headers["ETag"]})
+    assert moved.status_code == 200 and moved.headers["ETag"] != changed.headers["ETag"]
 
 
 def test_favorite_keeps_the_result(client, auth, svc, dispatch, settings):
@@ -529,3 +560,87 @@ def test_hairstyles_catalogue(client, auth):
     bob = next(s for s in body["items"] if s["id"] == "bob")
     assert bob["name"] == "Bob clásico" and bob["names"]["en"] == "Classic bob"
     assert "prompt" not in bob  # the template stays server-side
+
+
+# --- webhooks signed with fal's (the emulator's) real key -----------------------------
+
+def _sign_as_fal(emulator, request_id: str, body: bytes, ts: int) -> dict[str, str]:
+    from devstack.fal_emulator import _load_signing_key
+
+    key = _load_signing_key(emulator.state_dir)
+    message = f"{request_id}\nfal-user\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
+    return {"X-Fal-Webhook-Request-Id": request_id, "X-Fal-Webhook-User-Id": "fal-user",
+            "X-Fal-Webhook-Timestamp": str(ts),
+            "X-Fal-Webhook-Signature": key.sign(message).hex()}
+
+
+def test_correctly_signed_webhooks_are_still_refused_when_misdirected(
+        client, auth, svc, dispatch, emulator, live_api):
+    from shared.fal_webhooks import job_token
+
+    emulator.configure(job_faults=["never_complete"], webhook_mode="none")
+    headers = auth("pia")
+    upload = upload_ready(client, headers, ASTRONAUT)
+    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
+    dispatch.run_due(lambda: job_row(svc, job_id).fal_request_id is not None, 10)
+    request_id = job_row(svc, job_id).fal_request_id
+    body = json.dumps({"request_id": request_id, "status": "OK", "payload": {
+        "images": [{"url": f"https://127.0.0.1:{emulator.port}/media/none.jpg"}]}}).encode()
+    now = int(time.time())
+    token = job_token(svc.settings.webhook_secret, job_id, 1)
+    good_query = f"job={job_id}&attempt=1&token={token}"
+    cases = {
+        "bad token": (f"job={job_id}&attempt=1&token={'0' * 64}", now, request_id),
+        "another job's token": (f"job={job_id}&attempt=1&token="
+                                f"{job_token(svc.settings.webhook_secret, 'other', 1)}",
+                                now, request_id),
+        "stale": (good_query, now - 310, request_id),
+        "from the future": (good_query, now + 310, request_id),
+        "signed for another request": (good_query, now, "another-request"),
+    }
+    for name, (query, ts, signed_id) in cases.items():
+        response = _post_webhook(live_api, query, body, _sign_as_fal(emulator, signed_id, body, ts))
+        assert response.status_code == 401, name
+    assert job_row(svc, job_id).status == "processing"
+    # and the same delivery, correctly addressed and fresh, is accepted
+    ok = _post_webhook(live_api, good_query, body, _sign_as_fal(emulator, request_id, body, now))
+    assert ok.status_code == 200
+    assert dispatch.count("tryons.complete") == 1
+
+
+def test_a_second_run_never_submits_a_processing_job_again(client, auth, svc, dispatch,
+                                                           emulator):
+    emulator.configure(job_faults=["never_complete"])
+    headers = auth("quin")
+    upload = upload_ready(client, headers, ASTRONAUT)
+    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
+    dispatch.run_due(lambda: job_row(svc, job_id).fal_request_id is not None, 10)
+    assert tryon_pipeline.run(svc, job_id) == []  # a duplicate delivery or a reconciler re-send
+    assert emulator.stats()["submits"] == 1 and job_row(svc, job_id).attempt == 1
+
+
+def test_reconciler_rechecks_silent_jobs_and_fails_overdue_ones(client, auth, svc, dispatch,
+                                                                emulator, live_api):
+    svc.settings = replace(svc.settings, fal_deadline_seconds=120)
+    emulator.configure(webhook_mode="none")  # the webhook is lost
+    headers = auth("rex")
+    upload = upload_ready(client, headers, ASTRONAUT)
+    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
+    dispatch.run_due(lambda: job_row(svc, job_id).fal_request_id is not None, 10)
+    time.sleep(0.5)  # fal finishes; nobody is told
+    assert job_row(svc, job_id).status == "processing"
+    real_clock = svc.clock
+    svc.clock = lambda: real_clock() + timedelta(seconds=31)
+    tryon_pipeline.send(svc, tryon_pipeline.reconcile(svc))
+    svc.clock = real_clock
+    assert job_row(svc, job_id).status == "succeeded"  # its one status check found the result
+
+    emulator.configure(job_faults=["never_complete"])
+    stuck = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
+    dispatch.run_due(lambda: job_row(svc, stuck).fal_request_id is not None, 10)
+    svc.clock = lambda: real_clock() + timedelta(seconds=svc.settings.fal_deadline_seconds + 1)
+    tryon_pipeline.send(svc, tryon_pipeline.reconcile(svc))
+    svc.clock = real_clock
+    job = job_row(svc, stuck)
+    assert (job.status, job.error_code) == ("failed", "fal.timeout")
+    assert emulator.stats()["cancels"] == 1

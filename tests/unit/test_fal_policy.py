@@ -69,13 +69,17 @@ def test_job_token_binds_job_and_attempt():
     for job, attempt in (("job-2", 2), ("job-1", 3)):
         with pytest.raises(WebhookRejected):
             check_job_token("s3cret", job, attempt, job_token("s3cret", "job-1", 2))
+    with pytest.raises(WebhookRejected):  # non-ASCII input is a refusal, not a crash
+        check_job_token("s3cret", "job-1", 2, "é" * 64)
+    with pytest.raises(WebhookRejected):  # no secret configured: no webhook is accepted
+        check_job_token("", "job-1", 2, job_token("", "job-1", 2))
 
 
 class _Verifier(FalWebhookVerifier):
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._public = [key.public_key()]
 
-    def _keys(self):  # type: ignore[no-untyped-def]
+    def _keys(self, refresh: bool = False):  # type: ignore[no-untyped-def]
         return self._public
 
 
@@ -87,6 +91,7 @@ def _signed(key: Ed25519PrivateKey, body: bytes, ts: int) -> SignedDelivery:
 def test_webhook_signature_checks():
     key = Ed25519PrivateKey.generate()
     verifier = _Verifier(key)
+    verifier._last_refresh = 0.0
     body = json.dumps({"request_id": "req-1", "status": "OK"}).encode()
     now = int(time.time())
     verifier.verify(_signed(key, body, now))

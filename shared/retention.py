@@ -141,8 +141,30 @@ def remove_orphans(svc: Services) -> int:
                 if key not in live:
                     svc.storage.delete(s.uploads_bucket, key)
                     removed += 1
+    removed += _remove_orphan_results(svc, now, min_age)
     if removed:
         log.info("removed %d orphaned objects", removed)
+    return removed
+
+
+def _remove_orphan_results(svc: Services, now: datetime, min_age: timedelta) -> int:
+    """Results whose job is gone (deleted while its result was being stored)."""
+    from shared.models import TryOn
+
+    bucket = svc.settings.processed_bucket
+    candidates = [k for k, modified in svc.storage.list_keys(bucket, "results/")
+                  if modified < now - min_age]
+    removed = 0
+    for start in range(0, len(candidates), BATCH):
+        chunk = candidates[start:start + BATCH]
+        with svc.sessions() as session:
+            live = set(session.scalars(select(TryOn.result_key).where(TryOn.result_key.in_(chunk))))
+            live |= set(session.scalars(select(TryOn.thumbnail_key).where(
+                TryOn.thumbnail_key.in_(chunk))))
+        for key in chunk:
+            if key not in live:
+                svc.storage.delete(bucket, key)
+                removed += 1
     return removed
 
 

@@ -87,3 +87,46 @@ def test_orphans_are_removed_but_live_objects_are_not(client, auth, svc, setting
         svc.storage.head(settings.uploads_bucket, orphan)
     svc.storage.head(settings.uploads_bucket, live.key)
     svc.storage.head(settings.uploads_bucket, live.sanitized_key)
+
+
+def test_results_without_a_job_are_removed(svc, settings):
+    stray = "results/kim/22222222-2222-4222-8222-222222222222.jpg"
+    svc.storage.put_bytes(settings.processed_bucket, stray, b"x", content_type="image/jpeg")
+    at(svc, timedelta(seconds=settings.presign_ttl_seconds + settings.raw_purge_margin_seconds + 5))
+    assert retention.remove_orphans(svc) >= 1
+    with pytest.raises(ObjectMissing):
+        svc.storage.head(settings.processed_bucket, stray)
+
+
+def test_a_selfie_is_kept_past_retention_while_a_try_on_needs_it(client, auth, svc, settings):
+    from shared.models import TryOn
+
+    body = upload_ready(client, auth("lou"), ASTRONAUT)
+    now = svc.clock()
+    with svc.sessions.begin() as session:
+        session.add(TryOn(id="33333333-3333-4333-8333-333333333333", user_id="lou",
+                          upload_id=body["uploadId"], hairstyle_id="bob", locale="en",
+                          status="processing", created_at=now, updated_at=now, attempt=1,
+                          favorite=False))
+    at(svc, timedelta(hours=settings.upload_retention_hours, seconds=1))
+    assert retention.delete_past_retention(svc) == 0
+    with svc.sessions.begin() as session:
+        session.get(TryOn, "33333333-3333-4333-8333-333333333333").status = "succeeded"
+    assert retention.delete_past_retention(svc) == 1
+
+
+def test_validation_that_never_finishes_is_given_up(client, auth, svc, settings, dispatch):
+    from tests.integration.test_upload_flow import presign, put
+
+    dispatch.run_inline = False
+    issued = presign(client, auth("mo"), ASTRONAUT).get_json()
+    assert put(issued, ASTRONAUT).status_code == 200
+    assert client.post("/v1/uploads/confirm", headers=auth("mo"),
+                       json={"key": issued["key"]}).status_code == 202
+    at(svc, retention.VALIDATION_GIVE_UP + timedelta(seconds=1))
+    retention.resend_stale_validations(svc)
+    body = client.get(f"/v1/uploads/{issued['uploadId']}", headers=auth("mo")).get_json()
+    assert body["status"] == "rejected"
+    assert body["rejection"]["code"] == "upload.validation_failed"
+    with pytest.raises(ObjectMissing):  # its URL expired long ago: no placeholder needed
+        svc.storage.head(settings.uploads_bucket, issued["key"])

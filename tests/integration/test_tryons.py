@@ -532,6 +532,9 @@ def test_try_on_quota(client, auth, quotas, dispatch):
     quotas.limits = replace(quotas.limits, tryon_daily=parse("1/day"))
     headers = auth("ned")
     upload = upload_ready(client, headers, ASTRONAUT)
+    # invalid requests do not use up the day's try-ons
+    assert start_job(client, headers, upload["uploadId"], hairstyleId="nope").status_code == 422
+    assert start_job(client, headers, "00000000-0000-4000-8000-000000000000").status_code == 404
     assert start_job(client, headers, upload["uploadId"]).status_code == 202
     response = start_job(client, headers, upload["uploadId"], locale="es")
     assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0

@@ -304,6 +304,7 @@ def test_non_retriable_submit_failure_fails_at_once(client, auth, svc, dispatch,
 
 @pytest.mark.parametrize(("fault", "status", "code", "submits"), [
     ("content_policy", "failed", "fal.content_policy", 1),
+    ("no_media", "failed", "fal.no_result", 1),
     ("error_internal", "succeeded", None, 2),
     ("malformed_result", "failed", "fal.bad_result", 1),
     ("garbage_result", "failed", "fal.bad_result", 1),

@@ -23,6 +23,13 @@ from tests.integration.test_upload_flow import presign, put, sha256_b64
 ASTRONAUT = fixture_bytes("astronaut.jpg")
 
 
+@pytest.fixture(autouse=True)
+def _no_secret_in_any_log(json_logs, caplog):
+    """Every failure in this module is also checked for signed URLs in the logs."""
+    yield
+    assert_no_secrets(json_logs, caplog)
+
+
 def assert_error(response: Any, status: int, code: str, locale: str = "en") -> dict[str, Any]:
     assert response.status_code == status, response.get_json()
     error = response.get_json()["error"]

@@ -26,7 +26,7 @@ broker_connection_retry_on_startup = True
 broker_connection_timeout = 2
 task_default_queue = "default"
 task_routes = {"uploads.*": {"queue": "uploads"}, "tryons.*": {"queue": "tryons"},
-               "maintenance.*": {"queue": "maintenance"}}
+               "maintenance.*": {"queue": "maintenance"}, "users.*": {"queue": "maintenance"}}
 worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False

@@ -8,7 +8,7 @@ from flask import Flask
 from flask_smorest import Api
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from api import context, health, webhooks
+from api import context, health, me, webhooks
 from api.errors import register_error_handlers
 from api.tryons.resources import blp as tryons_blp
 from api.uploads.resources import blp as uploads_blp
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None, svc: Services | None = None,
     api.register_blueprint(uploads_blp)
     api.register_blueprint(tryons_blp)
     api.register_blueprint(webhooks.blp)
+    api.register_blueprint(me.blp)
     app.register_blueprint(health.blp)
     context.install(app, TokenVerifier(settings), app.extensions["hairfluencer.quotas"])
     register_error_handlers(app)

@@ -188,6 +188,7 @@ def svc(settings: Settings, dispatch: InlineDispatch) -> Iterator[Services]:
     services = Services.from_settings(settings)
     services.dispatch = dispatch
     from shared import tryon_pipeline as tp
+    from shared.erasure import erase_user
     from shared.validation import validate_upload
 
     dispatch.handlers.update({
@@ -198,6 +199,7 @@ def svc(settings: Settings, dispatch: InlineDispatch) -> Iterator[Services]:
         "tryons.complete": lambda job_id, attempt, completion: tp.send(
             services, tp.complete(services, job_id, attempt, tp.Completion(**completion))),
         "tryons.deadline": lambda job_id: tp.send(services, tp.enforce_deadline(services, job_id)),
+        "users.erase": lambda user_id: erase_user(services, user_id),
     })
     try:
         yield services

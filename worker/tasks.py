@@ -3,7 +3,7 @@ and calls one domain function."""
 
 from __future__ import annotations
 
-from shared import retention, tryon_pipeline
+from shared import erasure, retention, tryon_pipeline
 from shared.queue import celery_app
 from shared.scanners import ScannerUnavailable
 from shared.storage import StorageUnavailable
@@ -77,6 +77,13 @@ def complete_tryon(self: AppTask, job_id: str, attempt: int, completion: dict) -
 @_tryon("deadline")
 def tryon_deadline(self: AppTask, job_id: str) -> int:
     return tryon_pipeline.send(self.svc, tryon_pipeline.enforce_deadline(self.svc, job_id))
+
+
+@celery_app.task(base=AppTask, bind=True, name="users.erase", queue="maintenance",
+                 autoretry_for=TRANSIENT, retry_backoff=5, retry_backoff_max=300,
+                 retry_jitter=True, max_retries=10, time_limit=600, soft_time_limit=540)
+def erase_user(self: AppTask, user_id: str) -> dict[str, int]:
+    return erasure.erase_user(self.svc, user_id)
 
 
 @_maintenance("reconcile_tryons")

@@ -648,3 +648,34 @@ def test_reconciler_rechecks_silent_jobs_and_fails_overdue_ones(client, auth, sv
     job = job_row(svc, stuck)
     assert (job.status, job.error_code) == ("failed", "fal.timeout")
     assert emulator.stats()["cancels"] == 1
+
+
+def test_erasure_removes_every_object_and_row_but_keeps_the_audit_trail(
+        client, auth, svc, dispatch, settings):
+    headers, upload, job_id, job = ready_job(client, auth, svc, dispatch, user="sid")
+    other = upload_ready(client, auth("ted"), ASTRONAUT)  # another user's, untouched
+    with svc.sessions() as session:
+        row = session.get(Upload, upload["uploadId"])
+    response = client.delete("/v1/me", headers=headers)
+    assert response.status_code == 202
+    for bucket, key in ((settings.uploads_bucket, row.key),
+                        (settings.uploads_bucket, row.sanitized_key),
+                        (settings.processed_bucket, job.result_key),
+                        (settings.processed_bucket, job.thumbnail_key)):
+        with pytest.raises(ObjectMissing):
+            svc.storage.head(bucket, key)
+    assert client.get("/v1/uploads", headers=headers).get_json()["items"] == []
+    assert client.get("/v1/try-ons", headers=headers).get_json()["items"] == []
+    with svc.sessions() as session:
+        actions = set(session.scalars(select(AuditEvent.action).where(
+            AuditEvent.user_id == "sid")))
+        assert session.get(Upload, other["uploadId"]).status == "ready"
+    assert {"upload.issued", "tryon.succeeded", "user.erasure_requested",
+            "user.erased"} <= actions
+
+
+def test_erasure_with_the_broker_down_is_503(client, auth, dispatch):
+    dispatch.broker_down = True
+    response = client.delete("/v1/me", headers=auth("uli", Accept_Language="es"))
+    assert response.status_code == 503
+    assert response.get_json()["error"]["message"] == MESSAGES["service.unavailable"]["es"]

@@ -36,9 +36,9 @@ def install(app: Flask, verifier: TokenVerifier, quotas: QuotaService) -> None:
             # Signature-verified callbacks: throttling them would only make fal retry.
             return
         ip = request.remote_addr or "unknown"  # ProxyFix has applied X-Forwarded-For
-        quotas.check_request_rate(None, ip)
+        quotas.check_ip_rate(ip)
         g.user_id = _authenticate(verifier)
-        quotas.check_request_rate(g.user_id, ip)
+        quotas.check_user_rate(g.user_id)
 
     @app.after_request
     def _end(response: Response) -> Response:

@@ -5,14 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
 from shared.models import AuditEvent
 from shared.observability import current_correlation_id
 
 
-def record(session: Session, *, at: datetime, user_id: str, action: str,
+def record(session: Session | Connection, *, at: datetime, user_id: str, action: str,
            subject_type: str, subject_id: str, **details: Any) -> None:
-    session.add(AuditEvent(at=at, user_id=user_id, action=action, subject_type=subject_type,
-                           subject_id=subject_id, correlation_id=current_correlation_id(),
-                           details=details))
+    # A Core INSERT in the caller's transaction: no ORM unit-of-work for an
+    # append-only row (it is on the presign hot path).
+    session.execute(insert(AuditEvent).values(
+        at=at, user_id=user_id, action=action, subject_type=subject_type,
+        subject_id=subject_id, correlation_id=current_correlation_id(), details=details))

@@ -244,6 +244,9 @@ def sanitize(image: Image.Image, quality: int = 90) -> SanitizedImage:
     )
 
 
+_ORIENTATION_TAG = 0x0112
+
+
 def apply_orientation(image: Image.Image) -> Image.Image:
     """Return ``image`` rotated/flipped as its EXIF Orientation asks (a copy, or itself).
 
@@ -252,6 +255,9 @@ def apply_orientation(image: Image.Image) -> Image.Image:
     # HEIF needs nothing here: libheif applies the container's irot/imir on decode and
     # pillow-heif resets the EXIF orientation to 1, so nothing gets rotated twice.
     try:
+        # Most photos need no turn; Pillow's exif_transpose would still copy the frame.
+        if image.getexif().get(_ORIENTATION_TAG, 1) in (1, None):
+            return image
         upright = ImageOps.exif_transpose(image)
     except _DECODE_ERRORS:
         # Malformed EXIF is common in the wild. Keeping the stored orientation is a far
@@ -293,7 +299,7 @@ def _to_srgb(image: Image.Image, icc_profile: object) -> Image.Image:
 
 def _apply_profile(colour: Image.Image, icc_profile: object) -> Image.Image:
     if not isinstance(icc_profile, bytes) or not icc_profile:
-        return colour.convert("RGB")
+        return colour if colour.mode == "RGB" else colour.convert("RGB")
     try:
         source = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
         converted = ImageCms.profileToProfile(colour, source, _SRGB_PROFILE, outputMode="RGB")
@@ -308,6 +314,8 @@ def _apply_profile(colour: Image.Image, icc_profile: object) -> Image.Image:
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
     if image.mode != "RGBA":
         return image.convert("RGB")
     background = Image.new("RGBA", image.size, (*_WHITE, 255))

@@ -39,10 +39,11 @@ class QuotaService:
         self.limits = Limits(parse(f"{presign_daily}/day"), parse(user_rate), parse(ip_rate),
                              parse(f"{tryon_daily}/day"))
 
-    def check_request_rate(self, user_id: str | None, ip: str) -> None:
+    def check_ip_rate(self, ip: str) -> None:
         self._hit(self._moving, self.limits.ip_rate, "rate.limited", "ip", ip)
-        if user_id:
-            self._hit(self._moving, self.limits.user_rate, "rate.limited", "user", user_id)
+
+    def check_user_rate(self, user_id: str) -> None:
+        self._hit(self._moving, self.limits.user_rate, "rate.limited", "user", user_id)
 
     def consume_presign(self, user_id: str) -> None:
         self._hit(self._fixed, self.limits.presign_daily, "quota.exceeded", "presign", user_id)

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import audit, metrics
@@ -63,9 +63,14 @@ def presign(svc: Services, user_id: str, *, content_type: str, content_length: i
     )
     # The URL is signed only after the issuance row is committed: a URL we could
     # not account for later would be an upload nobody can confirm or clean up.
-    with svc.sessions.begin() as session:
-        session.add(upload)
-        audit.record(session, at=now, user_id=user_id, action="upload.issued",
+    # Core INSERTs on a plain connection: this is the hot path of the API.
+    with svc.engine.begin() as conn:
+        conn.execute(insert(Upload).values(
+            id=upload.id, user_id=user_id, key=upload.key, content_type=content_type,
+            declared_size=content_length, declared_checksum=checksum, status=upload.status,
+            created_at=now, url_expires_at=upload.url_expires_at,
+            delete_after=upload.delete_after))
+        audit.record(conn, at=now, user_id=user_id, action="upload.issued",
                      subject_type="upload", subject_id=upload_id,
                      content_type=content_type, size=content_length)
     put = svc.storage.presign_put(s.uploads_bucket, upload.key, content_type=content_type,

@@ -94,6 +94,14 @@ def test_daily_quota_is_429_with_retry_after(app, client, auth, svc, quotas):
     assert presign(client, auth("rachel"), ASTRONAUT).status_code == 201
 
 
+def test_ip_rate_counts_each_request_once(client, auth, quotas):
+    from limits import parse
+
+    quotas.limits = replace(quotas.limits, ip_rate=parse("4/minute"))
+    statuses = [client.get("/v1/uploads", headers=auth(f"user{i}")).status_code for i in range(5)]
+    assert statuses == [200, 200, 200, 200, 429]  # four users behind one IP, then the limit
+
+
 def test_request_rate_is_429(client, auth, quotas):
     from limits import parse
 

@@ -111,16 +111,28 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-def cpu_ticks(pids: list[int]) -> int:
-    """utime+stime (clock ticks) of the given processes (own threads included)."""
-    total = 0
+def cpu_snapshot(pids: list[int]) -> dict[int, tuple[int, int]]:
+    """pid -> (utime, stime) clock ticks (all threads) of the processes still alive."""
+    snap = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])
-    return total
+        snap[pid] = (int(fields[11]), int(fields[12]))
+    return snap
+
+
+def cpu_delta(before: dict[int, tuple[int, int]],
+              after: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(user, sys) ticks used between two snapshots by processes present in both
+    (a process that ended, e.g. another user's PostgreSQL backend, cannot be
+    accounted and would otherwise give negative numbers)."""
+    user = system = 0
+    for pid in before.keys() & after.keys():
+        user += after[pid][0] - before[pid][0]
+        system += after[pid][1] - before[pid][1]
+    return user, system
 
 
 def system_busy_seconds() -> float:
@@ -128,6 +140,21 @@ def system_busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def wait_quiet(max_wait: float = 20.0, threshold_cores: float = 0.3,
+               window: float = 1.0) -> dict[str, float]:
+    """Wait (bounded) until the machine is nearly idle: other people's jobs share these
+    2 cores and would distort the figures. Returns how long it waited and the last
+    busy reading (cores busy over `window` seconds)."""
+    t0 = time.monotonic()
+    while True:
+        b0 = system_busy_seconds()
+        time.sleep(window)
+        cores = (system_busy_seconds() - b0) / window
+        waited = time.monotonic() - t0
+        if cores <= threshold_cores or waited >= max_wait:
+            return {"waited_s": round(waited, 1), "busy_cores_before": round(cores, 2)}
 
 
 def pids_by_comm(*names: str) -> list[int]:
@@ -187,7 +214,7 @@ def run_wrk(url: str, script: Path, *, threads: int, connections: int, duration:
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "5s",
            "--latency", "-s", str(script), url]
     groups = {k: f() for k, f in (cpu_groups or {}).items()}
-    before = {k: cpu_ticks(p) for k, p in groups.items()}
+    before = {k: cpu_snapshot(p) for k, p in groups.items()}
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0 = system_busy_seconds()
     t0 = time.monotonic()
@@ -201,8 +228,11 @@ def run_wrk(url: str, script: Path, *, threads: int, connections: int, duration:
     res = parse_wrk(out)
     res["command"] = " ".join(cmd)
     res["raw"] = out
-    after = {k: cpu_ticks(p) for k, p in groups.items()}
-    cpu = {k: (after[k] - before[k]) / CLK_TCK for k in groups}
+    after = {k: cpu_snapshot(list(before[k])) for k in groups}
+    deltas = {k: cpu_delta(before[k], after[k]) for k in groups}
+    cpu = {k: sum(d) / CLK_TCK for k, d in deltas.items()}
+    res["cpu_user_sys_seconds"] = {k: [round(d[0] / CLK_TCK, 2), round(d[1] / CLK_TCK, 2)]
+                                   for k, d in deltas.items()}
     # wrk's own CPU: the only child reaped during this call (gunicorn is still running).
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu["wrk"] = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)

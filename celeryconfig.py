@@ -25,7 +25,10 @@ broker_transport_options = {"visibility_timeout": 3600}
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 2
 task_default_queue = "default"
-task_routes = {"uploads.*": {"queue": "uploads"}, "tryons.*": {"queue": "tryons"},
+# Finishing jobs has its own queue: a worker consumes its queues in turn, so a
+# burst of new jobs does not delay the completion of jobs fal has finished.
+task_routes = {"uploads.*": {"queue": "uploads"},
+               "tryons.run": {"queue": "tryons"}, "tryons.*": {"queue": "tryons_done"},
                "maintenance.*": {"queue": "maintenance"}, "users.*": {"queue": "maintenance"}}
 worker_send_task_events = True
 task_send_sent_event = True

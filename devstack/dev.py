@@ -92,7 +92,7 @@ def running_stack(port: int, data_dir: Path, workers: int = 2,
                        capture_output=True)
         processes = [
             ManagedProcess([_bin("celery"), "-A", "worker.app", "worker",
-                            "-Q", "default,uploads,tryons,maintenance", "-c", str(workers),
+                            "-Q", "default,uploads,tryons,tryons_done,maintenance", "-c", str(workers),
                             "--loglevel", "INFO", "-n", f"dev-{port}@%h"],
                            logs / "worker.log", env=env, cwd=REPO_ROOT, name="worker"),
             ManagedProcess([_bin("celery"), "-A", "worker.app", "beat", "--loglevel", "INFO",

@@ -8,13 +8,34 @@ describes the work is already committed, and a beat reconciler re-sends it.
 from __future__ import annotations
 
 import logging
+import time
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+
+from shared.observability import current_correlation_id
 
 log = logging.getLogger(__name__)
 
 celery_app = Celery("hairfluencer")
 celery_app.config_from_object("celeryconfig")
+
+# Message headers our task base reads. Not "correlation_id": Celery reserves that
+# name and drops it from the task's request headers.
+CORRELATION_HEADER = "hf_correlation_id"
+SENT_AT_HEADER = "hf_sent_at"
+
+
+@signals.before_task_publish.connect
+def _stamp_headers(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Every task sent from a request or a task carries its correlation id and the
+    time it was sent (for the queue-latency metric). Connected here, in the module
+    both the API and the workers import to send tasks."""
+    if headers is None:
+        return
+    headers.setdefault(CORRELATION_HEADER, current_correlation_id())
+    headers.setdefault(SENT_AT_HEADER, time.time())
+
 
 # Keep a dead broker from stalling an HTTP request: two quick tries, then give up.
 PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,

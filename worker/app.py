@@ -1,7 +1,7 @@
 """The worker's Celery application: shared.queue's app with the tasks registered
 and the process-wide concerns (logging, Sentry, correlation ids) wired in.
 
-Run: celery -A worker.app worker -Q default,uploads,tryons,maintenance
+Run: celery -A worker.app worker -Q default,uploads,tryons,tryons_done,maintenance
 """
 
 from __future__ import annotations

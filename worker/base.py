@@ -7,19 +7,13 @@ import time
 from functools import cached_property
 from typing import Any
 
-from celery import Task, signals
+from celery import Task
 
 from shared import metrics
 from shared.config import get_settings
-from shared.observability import (
-    current_correlation_id,
-    reset_correlation_id,
-    set_correlation_id,
-)
+from shared.observability import reset_correlation_id, set_correlation_id
+from shared.queue import CORRELATION_HEADER, SENT_AT_HEADER
 from shared.services import Services
-
-CORRELATION_HEADER = "correlation_id"
-SENT_AT_HEADER = "sent_at"
 
 _services: Services | None = None
 
@@ -59,12 +53,3 @@ class AppTask(Task):  # type: ignore[misc]
         finally:
             metrics.TASK_DURATION.labels(task=self.name).observe(time.perf_counter() - started)
             reset_correlation_id(token)
-
-
-@signals.before_task_publish.connect
-def _stamp_headers(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    """Every task sent from a request or task carries its correlation id."""
-    if headers is None:
-        return
-    headers.setdefault(CORRELATION_HEADER, current_correlation_id())
-    headers.setdefault(SENT_AT_HEADER, time.time())

@@ -51,13 +51,13 @@ def remove_orphans(self: AppTask) -> int:
 # Each step is short: nothing here waits for fal. Follow-ups (re-checks, retries
 # with backoff, the deadline) are sent as new tasks with a countdown.
 
-def _tryon(name: str):  # type: ignore[no-untyped-def]
-    return celery_app.task(base=AppTask, bind=True, name=f"tryons.{name}", queue="tryons",
+def _tryon(name: str, queue: str = "tryons_done"):  # type: ignore[no-untyped-def]
+    return celery_app.task(base=AppTask, bind=True, name=f"tryons.{name}", queue=queue,
                            autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=30,
                            retry_jitter=True, max_retries=5, time_limit=90, soft_time_limit=75)
 
 
-@_tryon("run")
+@_tryon("run", queue="tryons")
 def run_tryon(self: AppTask, job_id: str) -> int:
     return tryon_pipeline.send(self.svc, tryon_pipeline.run(self.svc, job_id))
 

@@ -61,7 +61,9 @@ def _upload(stack: dict[str, str], data: bytes, content_type: str = "image/jpeg"
             "checksum": sha256_b64(data)}).json()
         put = httpx.put(issued["uploadUrl"], content=data, headers=issued["headers"], timeout=20)
         assert put.status_code == 200, put.text
-        assert api.post("/v1/uploads/confirm", json={"key": issued["key"]}).status_code == 202
+        confirm = api.post("/v1/uploads/confirm", json={"key": issued["key"]},
+                           headers={"X-Request-ID": f"e2e-{issued['uploadId']}"})
+        assert confirm.status_code == 202
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             response = api.get(f"/v1/uploads/{issued['uploadId']}")
@@ -96,6 +98,9 @@ def test_concurrent_uploads_through_the_dev_stack(stack):
     # beat ran its tasks against the same SQLite file meanwhile
     worker_log = (data_dir / "logs" / "worker.log").read_text()
     assert "maintenance.purge_raw_uploads" in worker_log
+    # the request's correlation id travelled with the validation task
+    for body in results:
+        assert f'"correlation_id": "e2e-{body["uploadId"]}"' in worker_log
     for log_file in (data_dir / "logs").glob("*.log"):
         text = log_file.read_text(errors="replace")
         assert "database is locked" not in text

@@ -43,3 +43,22 @@ def test_sentry_events_are_scrubbed():
              "request": {"url": SIGNED, "headers": {"Authorization": "Bearer t0k3n"}}}
     scrubbed = scrub_sentry_event(event, None)
     assert "deadbeef" not in json.dumps(scrubbed) and "t0k3n" not in json.dumps(scrubbed)
+
+
+def test_tasks_sent_from_a_request_carry_its_correlation_id():
+    """The API sends tasks by name through shared.queue; its publish hook stamps
+    the correlation id under a header Celery does not reserve."""
+    from celery import signals
+
+    from shared.observability import reset_correlation_id, set_correlation_id
+    from shared.queue import CORRELATION_HEADER, SENT_AT_HEADER
+
+    headers: dict[str, object] = {}
+    token = set_correlation_id("req-42")
+    try:
+        signals.before_task_publish.send(sender="uploads.validate", headers=headers)
+    finally:
+        reset_correlation_id(token)
+    assert headers[CORRELATION_HEADER] == "req-42"
+    assert isinstance(headers[SENT_AT_HEADER], float)
+    assert CORRELATION_HEADER != "correlation_id"  # Celery drops that one

@@ -10,10 +10,9 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from shared import audit
@@ -22,8 +21,8 @@ from shared.errors import AppError
 from shared.hairstyles import catalogue
 from shared.keys import parse_raw_key
 from shared.models import JobStatus, TryOn, Upload, UploadStatus
+from shared.pagination import Page, is_uuid, page
 from shared.services import Services
-from shared.uploads import MAX_PAGE, decode_cursor, encode_cursor
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def _source_upload(svc: Services, user_id: str, upload_id: str | None,
                    key: str | None) -> Upload:
     with svc.sessions() as session:
         if upload_id:
-            upload = session.get(Upload, upload_id) if _is_uuid(upload_id) else None
+            upload = session.get(Upload, upload_id) if is_uuid(upload_id) else None
         elif key:
             parsed = parse_raw_key(key)
             if parsed is None or parsed[0] != user_id:
@@ -112,44 +111,20 @@ def _source_upload(svc: Services, user_id: str, upload_id: str | None,
     return upload
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
 def get(svc: Services, user_id: str, job_id: str) -> TryOn:
     with svc.sessions() as session:
-        job = session.get(TryOn, job_id) if _is_uuid(job_id) else None
+        job = session.get(TryOn, job_id) if is_uuid(job_id) else None
     if job is None or job.user_id != user_id:
         raise AppError("tryon.not_found")
     return job
 
 
-@dataclass(frozen=True)
-class Page:
-    items: list[TryOn]
-    next_cursor: str | None
-
-
 def list_for_user(svc: Services, user_id: str, *, limit: int, cursor: str | None,
-                  status: str | None) -> Page:
-    limit = max(1, min(limit, MAX_PAGE))
+                  status: str | None) -> Page[TryOn]:
     query = select(TryOn).where(TryOn.user_id == user_id)
     if status:
         query = query.where(TryOn.status == status)
-    if cursor:
-        created, last_id = decode_cursor(cursor)
-        query = query.where(or_(TryOn.created_at < created,
-                                and_(TryOn.created_at == created, TryOn.id < last_id)))
-    query = query.order_by(TryOn.created_at.desc(), TryOn.id.desc()).limit(limit + 1)
-    with svc.sessions() as session:
-        rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
+    return page(svc.sessions, TryOn, query, limit=limit, cursor=cursor)
 
 
 def set_favorite(svc: Services, user_id: str, job_id: str, favorite: bool) -> TryOn:

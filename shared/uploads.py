@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from shared import audit, metrics
@@ -23,6 +22,7 @@ from shared.db import updated_rows
 from shared.errors import AppError
 from shared.keys import EXTENSIONS, parse_raw_key, raw_upload_key
 from shared.models import Upload, UploadStatus
+from shared.pagination import Page, is_uuid, page
 from shared.services import Services
 from shared.storage import ObjectMissing, PresignedPut
 
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 
 VALIDATE_TASK = "uploads.validate"
 CONFIRMED_STATES = {UploadStatus.VALIDATING, UploadStatus.READY, UploadStatus.REJECTED}
-MAX_PAGE = 100
 
 
 @dataclass(frozen=True)
@@ -181,57 +180,19 @@ def get(svc: Services, user_id: str, upload_id: str) -> Upload:
 
 
 def _owned(session: Session, user_id: str, upload_id: str) -> Upload:
-    upload = session.get(Upload, upload_id) if _is_uuid(upload_id) else None
+    upload = session.get(Upload, upload_id) if is_uuid(upload_id) else None
     # Another user's upload answers exactly like a missing one.
     if upload is None or upload.user_id != user_id:
         raise AppError("upload.not_found")
     return upload
 
 
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[Upload]
-    next_cursor: str | None
-
-
 def list_for_user(svc: Services, user_id: str, *, limit: int, cursor: str | None,
-                  status: str | None) -> Page:
-    limit = max(1, min(limit, MAX_PAGE))
+                  status: str | None) -> Page[Upload]:
     query = select(Upload).where(Upload.user_id == user_id)
     query = query.where(Upload.status == status) if status else query.where(
         Upload.status != UploadStatus.DELETED)
-    if cursor:
-        created, last_id = decode_cursor(cursor)
-        query = query.where(or_(Upload.created_at < created,
-                                and_(Upload.created_at == created, Upload.id < last_id)))
-    query = query.order_by(Upload.created_at.desc(), Upload.id.desc()).limit(limit + 1)
-    with svc.sessions() as session:
-        rows = list(session.scalars(query))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
-
-
-def encode_cursor(created_at: datetime, row_id: str) -> str:
-    raw = json.dumps([created_at.isoformat(), row_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, row_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(row_id)
-    except (ValueError, TypeError, binascii.Error):
-        raise AppError("request.invalid", detail="bad cursor") from None
+    return page(svc.sessions, Upload, query, limit=limit, cursor=cursor)
 
 
 def delete(svc: Services, user_id: str, upload_id: str) -> None:

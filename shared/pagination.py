@@ -1,0 +1,66 @@
+"""Cursor pages, newest first, over any model with `created_at` and `id`.
+
+The cursor is opaque to the app: base64 of (created_at, id) of the last item, so
+pages stay stable while new rows arrive.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Select, and_, or_
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.errors import AppError
+
+MAX_PAGE = 100
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+def page(sessions: sessionmaker[Session], model: Any, query: Select[Any], *, limit: int,
+         cursor: str | None) -> Page[Any]:
+    limit = max(1, min(limit, MAX_PAGE))
+    if cursor:
+        created, last_id = decode_cursor(cursor)
+        query = query.where(or_(model.created_at < created,
+                                and_(model.created_at == created, model.id < last_id)))
+    query = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
+    with sessions() as session:
+        rows = list(session.scalars(query))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, encode_cursor(rows[-1].created_at, rows[-1].id) if more else None)
+
+
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = json.dumps([created_at.isoformat(), row_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, row_id = json.loads(raw)
+        return datetime.fromisoformat(created), str(row_id)
+    except (ValueError, TypeError, binascii.Error):
+        raise AppError("request.invalid", detail="bad cursor") from None
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True

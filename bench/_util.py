@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -11,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -258,3 +261,24 @@ def print_table(rows: list[list[Any]], header: list[str]) -> None:
         if j == 0:
             print("  ".join("-" * w for w in widths))
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def fresh_database(admin_url: str, prefix: str = "hf_bench") -> Iterator[str]:
+    """A new PostgreSQL database, migrated to head, dropped afterwards (also on failure)."""
+    import psycopg
+
+    from shared.migrate import upgrade
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = admin_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    url = f"{base}/{name}"
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        print(f"dropped database {name}", flush=True)

@@ -71,6 +71,9 @@ from _util import (
     wait_quiet,
     write_result,
 )
+from _util import (
+    fresh_database as fresh_pg_database,
+)
 
 PG_ADMIN_URL = os.environ.get("HF_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("HF_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -86,22 +89,8 @@ SCRUB = ("DATABASE_URL", "REDIS_URL", "PROMETHEUS_MULTIPROC_DIR", "SENTRY_DSN",
 
 # --- database --------------------------------------------------------------
 
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"hf_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    url = f"{base}/{name}"
-    try:
-        from shared.migrate import upgrade
-
-        upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        print(f"dropped database {name}")
+def fresh_database() -> contextlib.AbstractContextManager[str]:
+    return fresh_pg_database(PG_ADMIN_URL, prefix="hf_bench")
 
 
 def row_counts(sa_url: str) -> tuple[int, int]:

@@ -76,7 +76,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,6 +96,9 @@ from _util import (
     print_table,
     system_busy_seconds,
     write_result,
+)
+from _util import (
+    fresh_database as fresh_pg_database,
 )
 
 from devstack.fal_emulator import FalEmulatorProcess, start_emulator_process
@@ -189,22 +192,8 @@ def loadavg() -> list[str]:
 
 # --- database ------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    name = f"hf_tryon_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
-    url = f"{base}/{name}"
-    try:
-        from shared.migrate import upgrade
-
-        upgrade(url)
-        yield url
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        print(f"dropped database {name}", flush=True)
+def fresh_database() -> contextlib.AbstractContextManager[str]:
+    return fresh_pg_database(PG_ADMIN_URL, prefix="hf_tryon_bench")
 
 
 def pg_url(sa_url: str) -> str:

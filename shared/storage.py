@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -129,30 +131,17 @@ class S3Storage:
 
     # -- objects ------------------------------------------------------------
     def head(self, bucket: str, key: str) -> ObjectInfo:
-        try:
+        with _s3_errors(key):
             r = self.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
-        except ClientError as exc:
-            if _status(exc) == 404:
-                raise ObjectMissing(key) from None
-            raise _unavailable(exc) from None
-        except BotoCoreError as exc:
-            raise _unavailable(exc) from None
         return ObjectInfo(size=int(r["ContentLength"]), content_type=r.get("ContentType"),
                           checksum_sha256=r.get("ChecksumSHA256"),
                           last_modified=r.get("LastModified"))
 
     def get_bytes(self, bucket: str, key: str, *, max_bytes: int) -> bytes:
-        try:
-            r = self.client.get_object(Bucket=bucket, Key=key)
-            body = r["Body"]
-            data: bytes = body.read(max_bytes + 1)
+        with _s3_errors(key):
+            body = self.client.get_object(Bucket=bucket, Key=key)["Body"]
+            data: bytes = body.read(max_bytes + 1)  # one byte more tells "too large"
             body.close()
-        except ClientError as exc:
-            if _status(exc) == 404:
-                raise ObjectMissing(key) from None
-            raise _unavailable(exc) from None
-        except BotoCoreError as exc:
-            raise _unavailable(exc) from None
         return data
 
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str,
@@ -167,15 +156,9 @@ class S3Storage:
             raise _unavailable(exc) from None
 
     def set_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
-        try:
+        with _s3_errors(key):
             self.client.put_object_tagging(Bucket=bucket, Key=key, Tagging={
                 "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
-        except ClientError as exc:
-            if _status(exc) == 404:
-                raise ObjectMissing(key) from None
-            raise _unavailable(exc) from None
-        except BotoCoreError as exc:
-            raise _unavailable(exc) from None
 
     def delete(self, bucket: str, key: str) -> None:
         try:
@@ -201,6 +184,19 @@ class S3Storage:
             self.client.head_bucket(Bucket=bucket)
         except (ClientError, BotoCoreError) as exc:
             raise _unavailable(exc) from None
+
+
+@contextmanager
+def _s3_errors(key: str) -> Iterator[None]:
+    """S3 errors as plain ones: 404 -> ObjectMissing, anything else -> StorageUnavailable."""
+    try:
+        yield
+    except ClientError as exc:
+        if _status(exc) == 404:
+            raise ObjectMissing(key) from None
+        raise _unavailable(exc) from None
+    except BotoCoreError as exc:
+        raise _unavailable(exc) from None
 
 
 def _status(exc: ClientError) -> int:

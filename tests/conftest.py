@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from PIL import Image
 from sqlalchemy import text
 
 from shared.config import Settings, load_settings
@@ -50,6 +51,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def fixture_bytes(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
+
+
+def fixture_image(name: str) -> Image.Image:
+    """A fully loaded copy of a fixture photo (the file is closed again)."""
+    with Image.open(FIXTURES / name) as image:
+        image.load()
+        return image.copy()
 
 
 # --- servers ---------------------------------------------------------------

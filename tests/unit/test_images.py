@@ -29,8 +29,8 @@ from shared.images import (
     inspect_and_decode,
     sanitize,
 )
+from tests.conftest import fixture_bytes, fixture_image
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MAX_PIXELS = 40_000_000  # the production default (MAX_IMAGE_PIXELS)
 
@@ -42,14 +42,6 @@ MAKE = 0x010F
 # --------------------------------------------------------------------------- helpers
 
 
-def fixture_bytes(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def fixture_image(name: str) -> Image.Image:
-    with Image.open(FIXTURES / name) as image:
-        image.load()
-        return image.copy()
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:

@@ -40,8 +40,8 @@ from shared.scanners import (
     parse_instream_reply,
     run_scanners,
 )
+from tests.conftest import fixture_bytes, fixture_image
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 ORIENTATION = 0x0112
 
 
@@ -51,14 +51,6 @@ def missing_tool(what: str) -> NoReturn:
     pytest.skip(f"{what} not installed")
 
 
-def fixture_bytes(name: str) -> bytes:
-    return (FIXTURES / name).read_bytes()
-
-
-def fixture_image(name: str) -> Image.Image:
-    with Image.open(FIXTURES / name) as image:
-        image.load()
-        return image.copy()
 
 
 @pytest.fixture(scope="module")

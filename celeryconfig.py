@@ -35,19 +35,24 @@ task_send_sent_event = True
 worker_hijack_root_logger = False
 
 _every = float(_settings.beat_interval_seconds)
-# `expires`: a beat entry that could not run in its own period is dropped, not
-# piled up behind a stalled worker.
+_reconcile = float(_settings.reconcile_interval_seconds)
+
+
+def _entry(task: str, every: float) -> dict[str, object]:
+    # `expires`: a beat entry that could not run in its own period is dropped, not
+    # piled up behind a stalled worker.
+    return {"task": task, "schedule": every, "options": {"expires": every}}
+
+
+# The reconcilers take over work whose worker died or whose message was lost; they
+# are cheap indexed queries, so they run often (a dead worker costs seconds).
 beat_schedule = {
-    "resend-stale-validations": {"task": "maintenance.resend_stale_validations",
-                                 "schedule": _every, "options": {"expires": _every}},
-    "purge-raw-uploads": {"task": "maintenance.purge_raw_uploads",
-                          "schedule": _every, "options": {"expires": _every}},
-    "upload-retention": {"task": "maintenance.upload_retention",
-                         "schedule": _every * 5, "options": {"expires": _every * 5}},
-    "reconcile-tryons": {"task": "maintenance.reconcile_tryons",
-                         "schedule": _every, "options": {"expires": _every}},
-    "tryon-retention": {"task": "maintenance.tryon_retention",
-                        "schedule": _every * 5, "options": {"expires": _every * 5}},
-    "remove-orphans": {"task": "maintenance.remove_orphans",
-                       "schedule": _every * 15, "options": {"expires": _every * 15}},
+    "reconcile-tryons": _entry("maintenance.reconcile_tryons", _reconcile),
+    "resend-stale-validations": _entry("maintenance.resend_stale_validations", _reconcile),
+    "resume-erasures": _entry("maintenance.resume_erasures", _reconcile),
+    "repair-result-tags": _entry("maintenance.repair_result_tags", _every),
+    "purge-raw-uploads": _entry("maintenance.purge_raw_uploads", _every),
+    "upload-retention": _entry("maintenance.upload_retention", _every * 5),
+    "tryon-retention": _entry("maintenance.tryon_retention", _every * 5),
+    "remove-orphans": _entry("maintenance.remove_orphans", _every * 15),
 }

@@ -51,14 +51,16 @@ def create_app(settings: Settings | None = None, svc: Services | None = None,
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # JSON bodies only; images go to S3
     if settings.trusted_proxy_count:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
-    app.extensions["hairfluencer"] = svc or Services.from_settings(settings)
+    svc = svc or Services.from_settings(settings)
+    app.extensions["hairfluencer"] = svc
     quotas = quotas or QuotaService(
         settings.redis_url, presign_daily=settings.presign_daily_quota,
         user_rate=settings.user_rate, ip_rate=settings.ip_rate,
         tryon_daily=settings.tryon_daily_quota)
     app.extensions["hairfluencer.quotas"] = quotas
-    app.extensions["hairfluencer.idempotency"] = IdempotencyStore(quotas.redis_url,
-                                                                  quotas.namespace)
+    # One store for the API's replays and the domain's erasure (same Redis namespace).
+    svc.idempotency = IdempotencyStore(quotas.redis_url, quotas.namespace)
+    app.extensions["hairfluencer.idempotency"] = svc.idempotency
     app.extensions["hairfluencer.fal_webhooks"] = FalWebhookVerifier(
         settings.fal_webhook_jwks_url)
 

@@ -1,4 +1,4 @@
-"""DELETE /v1/me: erase everything of the caller (SPEC §3, §6)."""
+"""/v1/me: erase everything of the caller, and read how far that is (SPEC §3, §6)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,43 @@ from typing import Any
 
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import fields
 
 from api.context import current_user_id, services
-from shared.erasure import request_erasure
-from shared.errors import AppError
+from api.schemas import BaseSchema
+from shared.erasure_requests import read_erasure, request_erasure
+from shared.models import ErasureRequest, ErasureStatus
 
 blp = Blueprint("me", __name__, url_prefix="/v1/me", description="The signed-in user")
 
 
+class ErasureSchema(BaseSchema):
+    erasureId = fields.String(required=True)  # noqa: N815 - wire name
+    status = fields.String(required=True, metadata={
+        "enum": [ErasureStatus.PENDING, ErasureStatus.RUNNING, ErasureStatus.DONE]})
+    requestedAt = fields.DateTime(required=True)  # noqa: N815
+    completedAt = fields.DateTime(allow_none=True)  # noqa: N815
+
+
+def erasure_view(erasure: ErasureRequest) -> dict[str, Any]:
+    return {"erasureId": erasure.id, "status": erasure.status,
+            "requestedAt": erasure.requested_at, "completedAt": erasure.completed_at}
+
+
 @blp.route("")
 class Me(MethodView):
-    @blp.response(202)
+    @blp.response(202, ErasureSchema)
     def delete(self) -> Any:
-        """Erase all of the caller's selfies, results and records (the audit trail stays)"""
-        if not request_erasure(services(), current_user_id()):
-            # Nothing erased yet and nothing queued: the app should ask again.
-            raise AppError("service.unavailable", retry_after=30)
-        return {"status": "accepted"}
+        """Erase all of the caller's selfies, results and records (the audit trail stays)
+
+        Stored before the answer (so 202 even while the queue is down) and resumed
+        until done; asking again returns the same erasure. Poll GET /v1/me/erasure."""
+        return erasure_view(request_erasure(services(), current_user_id()))
+
+
+@blp.route("/erasure")
+class MyErasure(MethodView):
+    @blp.response(200, ErasureSchema)
+    def get(self) -> Any:
+        """How far the caller's erasure is: pending, running, done"""
+        return erasure_view(read_erasure(services(), current_user_id()))

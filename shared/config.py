@@ -65,8 +65,9 @@ class Settings:
     upload_retention_hours: int = _env("UPLOAD_RETENTION_HOURS", "24", "Selfie retention.")
     raw_purge_margin_seconds: int = _env("RAW_PURGE_MARGIN_SECONDS", "60",
                                          "Raw objects are deleted this long after their URL expired.")
-    validation_stale_seconds: int = _env("VALIDATION_STALE_SECONDS", "120",
-                                         "Uploads `validating` longer than this are re-sent.")
+    validation_stale_seconds: int = _env("VALIDATION_STALE_SECONDS", "20",
+                                         "A validation no worker has claimed this long after "
+                                         "confirm (or after its claim lapsed) is sent again.")
     face_detection: bool = _env("FACE_DETECTION_ENABLED", "false", "Reject selfies without a face "
                                 "(needs the `face` extra).")
     clamd_address: str = _env("CLAMD_ADDRESS", "", "clamd socket path or tcp://host:port; empty = off.")
@@ -101,6 +102,11 @@ class Settings:
     fal_retry_base_seconds: float = _env("FAL_RETRY_BASE_SECONDS", "2",
                                          "Backoff base: 2^n × base seconds, with jitter.")
     fal_poll_seconds: float = _env("FAL_POLL_SECONDS", "2", "Status poll interval without webhooks.")
+    fal_in_doubt_seconds: int = _env("FAL_IN_DOUBT_SECONDS", "20",
+                                     "A submission whose outcome is unknown (its worker died, or "
+                                     "the connection broke after sending) is given this long to "
+                                     "report by webhook before the job is submitted again; also "
+                                     "the lease of a claim (at least 15).")
     result_max_bytes: int = _env("RESULT_MAX_BYTES", str(20 * MIB), "Largest result downloaded.")
     result_retention_days: int = _env("RESULT_RETENTION_DAYS", "7", "Result retention unless favorited.")
     result_url_ttl_seconds: int = _env("RESULT_URL_TTL_SECONDS", "300", "Lifetime of result URLs.")
@@ -114,7 +120,15 @@ class Settings:
     # Observability
     sentry_dsn: str = _env("SENTRY_DSN", "", "Sentry DSN; empty = off.")
     log_level: str = _env("LOG_LEVEL", "INFO", "Root log level.")
-    beat_interval_seconds: int = _env("BEAT_INTERVAL_SECONDS", "60", "How often reconcilers and cleanup run.")
+    beat_interval_seconds: int = _env("BEAT_INTERVAL_SECONDS", "60", "How often cleanup runs "
+                                      "(retention, raw purges, orphans; some every 5 or 15 passes).")
+    reconcile_interval_seconds: float = _env("RECONCILE_INTERVAL_SECONDS", "5",
+                                             "How often the beat takes over work nobody is doing: "
+                                             "try-ons, validations, erasures, result tags.")
+    # Workers
+    worker_memory_limit_mb: int = _env("WORKER_MEMORY_LIMIT_MB", "2048",
+                                       "Address-space limit of each worker child (RLIMIT_AS), so "
+                                       "a runaway decode fails inside its task; 0 = none.")
 
     @property
     def media_hosts(self) -> frozenset[str]:
@@ -209,6 +223,9 @@ def _check(s: Settings) -> None:
         raise ConfigError("HAIRFLUENCER_ENV must be development or production")
     if not 1 <= s.presign_ttl_seconds <= 300:
         raise ConfigError("PRESIGN_TTL_SECONDS must be between 1 and 300")
+    if s.fal_in_doubt_seconds < 15:
+        # The claim lease must outlive a submit call that is still in flight.
+        raise ConfigError("FAL_IN_DOUBT_SECONDS must be at least 15")
     if s.is_production:
         if s.jwt_dev_secret:
             raise ConfigError("JWT_DEV_SECRET (HS256) is for development only")

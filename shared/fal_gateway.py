@@ -37,14 +37,26 @@ MODEL_ERROR_CODES = {
 }
 
 
+# One submit is one short HTTP request; its bound is part of the claim lease
+# (FAL_IN_DOUBT_SECONDS, at least 15 s, must outlive a submit still in flight).
+SUBMIT_TIMEOUT_SECONDS = 10.0
+# Errors after the whole request went out: fal may have enqueued it.
+_SENT_THEN_LOST = (httpx.ReadError, httpx.ReadTimeout, httpx.RemoteProtocolError)
+
+
 @dataclass
 class FalFailure(Exception):
-    """A failed fal call, classified. `code` is what the job records."""
+    """A failed fal call, classified. `code` is what the job records.
+
+    `in_doubt`: a submit whose request reached fal but whose answer did not (the
+    connection broke or timed out while reading): fal may have accepted it.
+    """
 
     code: str
     retriable: bool
     status: int | None = None
     error_type: str | None = None
+    in_doubt: bool = False
 
     def __str__(self) -> str:
         return f"{self.code} (status={self.status}, type={self.error_type})"
@@ -63,7 +75,8 @@ class FalResult:
 
 
 class FalGateway(Protocol):
-    def submit(self, arguments: dict[str, Any], webhook_url: str | None) -> str: ...
+    def submit(self, arguments: dict[str, Any], webhook_url: str | None, *,
+               start_timeout: float) -> str: ...
     def status(self, request_id: str) -> FalStatus: ...
     def result(self, request_id: str) -> FalResult: ...
     def cancel(self, request_id: str) -> None: ...
@@ -88,12 +101,17 @@ class FalClientGateway:
     def _client(self) -> fal_client.SyncClient:
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._local.client = fal_client.SyncClient(key=self._key, default_timeout=30)
+            client = self._local.client = fal_client.SyncClient(
+                key=self._key, default_timeout=SUBMIT_TIMEOUT_SECONDS)
         return client
 
-    def submit(self, arguments: dict[str, Any], webhook_url: str | None) -> str:
+    def submit(self, arguments: dict[str, Any], webhook_url: str | None, *,
+               start_timeout: float) -> str:
+        """One submission. `start_timeout` (X-Fal-Request-Timeout): if fal has not
+        started the request by then it drops it, unbilled, with a 504."""
         handle = _call(lambda: self._client.submit(self.model, arguments,
-                                                   webhook_url=webhook_url))
+                                                   webhook_url=webhook_url,
+                                                   start_timeout=start_timeout), sending=True)
         return str(handle.request_id)
 
     def status(self, request_id: str) -> FalStatus:
@@ -121,6 +139,15 @@ class FalClientGateway:
                 raise
 
 
+def cancel_quietly(fal: FalGateway, request_id: str) -> None:
+    """Cancel a request we no longer need; a failure to do so is only logged (fal
+    drops a queued request at its start timeout anyway)."""
+    try:
+        fal.cancel(request_id)
+    except FalFailure as failure:
+        log.warning("could not cancel fal request: %s", failure)
+
+
 def parse_output(output: Any) -> FalResult:
     """The model output's image URLs; anything else is a malformed result."""
     try:
@@ -132,14 +159,15 @@ def parse_output(output: Any) -> FalResult:
     return FalResult(urls)
 
 
-def _call(action: Any) -> Any:
+def _call(action: Any, *, sending: bool = False) -> Any:
     try:
         return action()
     except fal_client.client.FalClientHTTPError as exc:
         raise classify_http(exc.status_code, exc.response_headers, exc.error_type,
                             _model_error_type(exc.response)) from None
     except httpx.TransportError as exc:
-        raise FalFailure("fal.unavailable", retriable=True, error_type=type(exc).__name__) from None
+        raise FalFailure("fal.unavailable", retriable=True, error_type=type(exc).__name__,
+                         in_doubt=sending and isinstance(exc, _SENT_THEN_LOST)) from None
     except (ValueError, KeyError) as exc:  # a 2xx whose body is not what the protocol says
         raise FalFailure("fal.bad_response", retriable=True,
                          error_type=type(exc).__name__) from None

@@ -118,6 +118,18 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "This hairstyle is not available.",
         "es": "Este peinado no está disponible.",
     },
+    "tryon.no_result": {
+        "en": "This try-on has no result to keep.",
+        "es": "Esta prueba de peinado no tiene un resultado que guardar.",
+    },
+    "erasure.not_found": {
+        "en": "You have not asked us to delete your data.",
+        "es": "No nos has pedido que borremos tus datos.",
+    },
+    "user.erasure_in_progress": {
+        "en": "We are deleting your data. Please try again when that has finished.",
+        "es": "Estamos borrando tus datos. Inténtalo de nuevo cuando termine.",
+    },
     "idempotency.conflict": {
         "en": "This request key was already used for a different request.",
         "es": "Esta clave de solicitud ya se usó para otra solicitud.",

@@ -65,3 +65,8 @@ class IdempotencyStore:
     def abandon(self, user_id: str, key: str) -> None:
         """The request failed: let the client retry with the same key."""
         self._redis.delete(self._key(user_id, key))
+
+    def forget_user(self, user_id: str) -> int:
+        """Every record of one user (erasure): replayed bodies name their jobs."""
+        names = list(self._redis.scan_iter(match=f"{self._namespace}:idem:{user_id}:*", count=500))
+        return int(self._redis.delete(*names)) if names else 0  # type: ignore[arg-type]

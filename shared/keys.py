@@ -17,6 +17,10 @@ _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 RAW_KEY = re.compile(
     rf"^uploads/(?P<user>[A-Za-z0-9_-]{{1,64}})/(?P<id>{_UUID})\.(?:jpg|png|webp|heic|heif)$")
 SANITIZED_KEY = re.compile(rf"^sanitized/[A-Za-z0-9_-]{{1,64}}/{_UUID}\.jpg$")
+RESULT_KEY = re.compile(rf"^results/[A-Za-z0-9_-]{{1,64}}/{_UUID}(?:_thumb)?\.jpg$")
+# Every object of one user lives under these prefixes (bucket setting, prefix).
+USER_PREFIXES = (("uploads_bucket", "uploads/{user}/"), ("uploads_bucket", "sanitized/{user}/"),
+                 ("processed_bucket", "results/{user}/"))
 
 
 class InvalidKey(ValueError):
@@ -36,6 +40,17 @@ def raw_upload_key(user_id: str, upload_id: uuid.UUID | str, content_type: str) 
 
 def sanitized_key(user_id: str, upload_id: str) -> str:
     return _checked(f"sanitized/{check_user_id(user_id)}/{upload_id}.jpg", SANITIZED_KEY)
+
+
+def result_keys(user_id: str, job_id: str) -> tuple[str, str]:
+    """(result, thumbnail) of one try-on in the processed bucket."""
+    base = f"results/{check_user_id(user_id)}/{job_id}"
+    return _checked(f"{base}.jpg", RESULT_KEY), _checked(f"{base}_thumb.jpg", RESULT_KEY)
+
+
+def user_prefixes(user_id: str) -> list[tuple[str, str]]:
+    """(bucket setting, prefix) pairs that together hold every object of a user."""
+    return [(bucket, prefix.format(user=check_user_id(user_id))) for bucket, prefix in USER_PREFIXES]
 
 
 def parse_raw_key(key: str) -> tuple[str, str] | None:

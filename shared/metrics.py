@@ -22,4 +22,13 @@ FAL_SUCCESS = Counter("fal_request_success_total", "fal.ai requests that succeed
 FAL_DURATION = Histogram("fal_request_duration_seconds", "fal.ai request duration",
                          buckets=(0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120))
 JOB_OUTCOMES = Counter("tryon_jobs_total", "Try-on jobs finished, by outcome", ["outcome"])
-FAL_SUBMITS = Counter("fal_submit_total", "fal submissions, by result", ["result"])
+FAL_SUBMITS = Counter("fal_submit_total", "fal submissions, by result (accepted, failed, "
+                      "in_doubt: the answer was lost after the request went out)", ["result"])
+FAL_DOUBLE_SUBMISSIONS = Counter(
+    "fal_double_submissions_total", "A job submitted to fal again while an earlier submission "
+    "of it was, or may have been, accepted", ["cause"])
+TRYON_TAKEOVERS = Counter("tryon_claims_taken_over_total",
+                          "Try-on claims taken over after their lease ended (claimant died)")
+VALIDATION_TAKEOVERS = Counter("upload_validation_taken_over_total",
+                               "Validations claimed again after their claimant died")
+ERASURES = Counter("user_erasures_total", "Erasure runs, by outcome", ["outcome"])

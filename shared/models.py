@@ -71,10 +71,18 @@ class Upload(Base):
     # Set once the raw (unsanitized) object is gone from storage.
     raw_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Validation is leased, not assumed: the worker that claims it names itself
+    # (its task id) and renews the lease while it works. Unclaimed, the lease time
+    # is when the beat sends the validation again. `validation_crashes` counts
+    # claims that never came back (the worker died): three and the image is refused.
+    validation_owner: Mapped[str | None] = mapped_column(String(64))
+    validation_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    validation_crashes: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
 
     __table_args__ = (
         Index("ix_uploads_user_created", "user_id", "created_at", "id"),
         Index("ix_uploads_status", "status"),
+        Index("ix_uploads_validation_lease", "status", "validation_lease_until"),
     )
 
 
@@ -105,8 +113,12 @@ class JobStatus:
 
 
 class TryOn(Base):
-    """A try-on job. `attempt` counts fal submissions; a completion for any other
-    attempt than the current one is stale and ignored."""
+    """A try-on job. `attempt` numbers claims; each claim makes at most one fal
+    submission, and the attempt number fences a claimant that lost its lease.
+
+    `due_at` is when the job must next be looked at, or the reconciler steps in:
+    for a queued job, when its run is due; for a claimed one, when its lease ends;
+    for a submitted one, when fal is asked for its status if no news came."""
 
     __tablename__ = "try_ons"
 
@@ -133,6 +145,12 @@ class TryOn(Base):
     favorite: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     delete_after: Mapped[datetime | None] = mapped_column(UTCDateTime)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # fal failures seen (the retry budget); claims taken over are not counted here.
+    fal_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # The retention tag the result objects are known to carry (`temporary`, `kept`),
+    # or None when they must be brought in line with `favorite` (shared/result_store.py).
+    result_tags: Mapped[str | None] = mapped_column(String(16))
     # SHA-256 of the client's Idempotency-Key: the database's guarantee of one job
     # per key, under the Redis record that replays the original response.
     idempotency_key: Mapped[str | None] = mapped_column(String(64))
@@ -142,4 +160,34 @@ class TryOn(Base):
         Index("ux_try_ons_user_idempotency", "user_id", "idempotency_key", unique=True),
         Index("ix_try_ons_status", "status"),
         Index("ix_try_ons_upload", "upload_id"),
+        Index("ix_try_ons_due", "status", "due_at"),
     )
+
+
+class ErasureStatus:
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+
+
+class ErasureRequest(Base):
+    """DELETE /v1/me, stored before it is answered and resumed until done. One row
+    per user: a second request returns (or reopens) the same erasure. Like the
+    audit trail it outlives the erasure; it names the user id and counts only."""
+
+    __tablename__ = "erasure_requests"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=ErasureStatus.PENDING)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    runs: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    # Leased like a validation; unclaimed, when the beat sends it again.
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(String(64))
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+
+    __table_args__ = (Index("ix_erasure_status_lease", "status", "lease_until"),)

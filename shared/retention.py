@@ -1,7 +1,7 @@
-"""What the beat schedule does for uploads: re-send stuck validations, purge raw
-objects whose URL has expired, expire never-confirmed uploads, delete selfies
-past retention, and remove objects under `uploads/` that no live record
-accounts for. Each pass is bounded (BATCH) and idempotent, so an overlapping or
+"""What the beat schedule does for retention: re-send validations whose lease
+ended, purge raw objects whose URL has expired, expire never-confirmed uploads,
+delete selfies and try-ons past their deadline, purge dead rows, and remove
+objects that no live record accounts for. Each pass is bounded (BATCH) and idempotent, so an overlapping or
 repeated run does no harm.
 """
 
@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, or_, select, update
 
 from shared import audit
 from shared.db import updated_rows
-from shared.models import Upload, UploadStatus
+from shared.models import JobStatus, TryOn, Upload, UploadStatus
 from shared.services import Services
-from shared.uploads import VALIDATE_TASK, erase_objects
+from shared.tryons import erase_job
+from shared.uploads import VALIDATE_TASK, delete_upload
+from shared.validation import give_up
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +36,38 @@ VALIDATION_GIVE_UP = timedelta(hours=1)
 
 
 def resend_stale_validations(svc: Services) -> int:
+    """Validations whose lease ended (their worker died, their message was lost, or
+    none was ever sent) are sent again; one whose lease still runs is left alone."""
     now = svc.clock()
-    cutoff = now - timedelta(seconds=svc.settings.validation_stale_seconds)
     _give_up_on_validation(svc, now)
     with svc.sessions() as session:
         ids = list(session.scalars(
             select(Upload.id).where(Upload.status == UploadStatus.VALIDATING,
-                                    Upload.confirmed_at < cutoff)
+                                    or_(Upload.validation_lease_until.is_(None),
+                                        Upload.validation_lease_until < now))
             .order_by(Upload.confirmed_at).limit(BATCH)))
+    if not ids:
+        return 0
+    with svc.sessions.begin() as session:
+        # The lapsed claim is cleared (its worker is gone; a new delivery may claim),
+        # and the next re-send waits for this one.
+        session.execute(update(Upload).where(
+            Upload.id.in_(ids), Upload.status == UploadStatus.VALIDATING,
+            or_(Upload.validation_lease_until.is_(None), Upload.validation_lease_until < now))
+            .values(validation_owner=None, validation_lease_until=now + timedelta(
+                seconds=svc.settings.validation_stale_seconds)))
     sent = sum(1 for upload_id in ids if svc.dispatch(VALIDATE_TASK, upload_id))
-    if ids:
-        log.info("re-sent %d of %d stale validations", sent, len(ids))
+    log.info("re-sent %d of %d stale validations", sent, len(ids))
     return sent
 
 
 def _give_up_on_validation(svc: Services, now: datetime) -> None:
-    from shared.validation import Rejection, reject
-
     with svc.sessions() as session:
-        rows = list(session.scalars(select(Upload).where(
+        ids = list(session.scalars(select(Upload.id).where(
             Upload.status == UploadStatus.VALIDATING,
             Upload.confirmed_at < now - VALIDATION_GIVE_UP).limit(BATCH)))
-    for upload in rows:
-        reject(svc, upload, Rejection("upload.validation_failed", "gave up after retries"))
+    for upload_id in ids:
+        give_up(svc, upload_id, "gave up after retries")
 
 
 def purge_raw_objects(svc: Services) -> int:
@@ -94,28 +105,37 @@ def expire_unconfirmed(svc: Services) -> int:
     return len(rows)
 
 
+RETAINED_STATES = (UploadStatus.READY, UploadStatus.REJECTED, UploadStatus.VALIDATING)
+
+
 def delete_past_retention(svc: Services) -> int:
     """Selfies past their deadline, unless a try-on in flight still needs them
     (they go at the next pass after it finished)."""
-    from shared.models import JobStatus, TryOn
-
     now = svc.clock()
     in_flight = select(TryOn.id).where(
         TryOn.upload_id == Upload.id,
         TryOn.status.in_((JobStatus.QUEUED, JobStatus.PROCESSING))).exists()
     with svc.sessions() as session:
-        rows = list(session.scalars(
-            select(Upload).where(Upload.status.in_((UploadStatus.READY, UploadStatus.REJECTED,
-                                                    UploadStatus.VALIDATING)),
-                                 Upload.delete_after < now, ~in_flight).limit(BATCH)))
-    for upload in rows:
-        erase_objects(svc, upload, now)
-        with svc.sessions.begin() as session:
-            session.execute(update(Upload).where(Upload.id == upload.id).values(
-                status=UploadStatus.DELETED, deleted_at=now))
-            audit.record(session, at=now, user_id=upload.user_id, action="upload.deleted",
-                         subject_type="upload", subject_id=upload.id, reason="retention")
-    return len(rows)
+        ids = list(session.scalars(
+            select(Upload.id).where(Upload.status.in_(RETAINED_STATES),
+                                    Upload.delete_after < now, ~in_flight).limit(BATCH)))
+    return sum(delete_upload(svc, upload_id, reason="retention",
+                             only_if=lambda u: u.status in RETAINED_STATES) for upload_id in ids)
+
+
+# Rows of uploads whose bytes are long gone (deleted, expired) are kept this long
+# for the app (an upload reads `deleted`), then removed; the audit trail stays.
+DEAD_ROW_RETENTION = timedelta(days=7)
+
+
+def purge_dead_upload_rows(svc: Services) -> int:
+    cutoff = svc.clock() - DEAD_ROW_RETENTION
+    with svc.sessions.begin() as session:
+        return updated_rows(session, delete(Upload).where(
+            Upload.status.in_((UploadStatus.DELETED, UploadStatus.EXPIRED)),
+            Upload.raw_purged_at.is_not(None),
+            or_(Upload.deleted_at < cutoff,
+                Upload.deleted_at.is_(None) & (Upload.url_expires_at < cutoff))))
 
 
 def remove_orphans(svc: Services) -> int:
@@ -149,8 +169,6 @@ def remove_orphans(svc: Services) -> int:
 
 def _remove_orphan_results(svc: Services, now: datetime, min_age: timedelta) -> int:
     """Results whose job is gone (deleted while its result was being stored)."""
-    from shared.models import TryOn
-
     bucket = svc.settings.processed_bucket
     candidates = [k for k, modified in svc.storage.list_keys(bucket, "results/")
                   if modified < now - min_age]
@@ -176,15 +194,10 @@ def _live_states(prefix: str) -> tuple[str, ...]:
 
 
 def delete_expired_results(svc: Services) -> int:
-    """Results past their retention (never favorites: their deleteAfter is empty)."""
-    from shared.models import TryOn
-    from shared.tryons import erase_job
-
+    """Jobs past their deadline, with their results: succeeded ones 7 days after they
+    finished (never favorites: their deleteAfter is empty), failed ones likewise."""
     now = svc.clock()
     with svc.sessions() as session:
-        jobs = list(session.scalars(select(TryOn).where(
-            TryOn.favorite.is_(False), TryOn.delete_after.is_not(None),
-            TryOn.delete_after < now).limit(BATCH)))
-    for job in jobs:
-        erase_job(svc, job, reason="retention")
-    return len(jobs)
+        ids = list(session.scalars(select(TryOn.id).where(
+            TryOn.delete_after.is_not(None), TryOn.delete_after < now).limit(BATCH)))
+    return sum(erase_job(svc, job_id, reason="retention") for job_id in ids)

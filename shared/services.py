@@ -17,6 +17,7 @@ from shared.storage import ObjectStorage, S3Storage
 
 if TYPE_CHECKING:
     from shared.fal_gateway import FalGateway
+    from shared.idempotency import IdempotencyStore
 
 Dispatcher = Callable[..., bool]
 
@@ -47,6 +48,13 @@ class Services:
         from shared.fal_gateway import FalClientGateway
 
         return FalClientGateway(self.settings)
+
+    @cached_property
+    def idempotency(self) -> IdempotencyStore:
+        """Idempotency-Key records (the API replays them; an erasure forgets them)."""
+        from shared.idempotency import IdempotencyStore
+
+        return IdempotencyStore(self.settings.redis_url)
 
     @cached_property
     def scanners(self) -> list[object]:

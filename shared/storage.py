@@ -58,6 +58,7 @@ class ObjectStorage(Protocol):
     def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str,
                   tags: dict[str, str] | None = None) -> None: ...
     def set_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None: ...
+    def renew(self, bucket: str, key: str, tags: dict[str, str]) -> None: ...
     def delete(self, bucket: str, key: str) -> None: ...
     def list_keys(self, bucket: str, prefix: str) -> list[tuple[str, datetime]]: ...
     def ping(self, bucket: str) -> None: ...
@@ -159,6 +160,20 @@ class S3Storage:
         with _s3_errors(key):
             self.client.put_object_tagging(Bucket=bucket, Key=key, Tagging={
                 "TagSet": [{"Key": k, "Value": v} for k, v in tags.items()]})
+
+    def renew(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        """Copy the object onto itself with these tags: a lifecycle rule counts its age
+        from now again (the bytes stay; metadata and encryption are kept)."""
+        with _s3_errors(key):
+            head = self.client.head_object(Bucket=bucket, Key=key)
+            self.client.copy_object(
+                Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key},
+                # REPLACE (with the same values): S3 refuses a copy onto itself that
+                # changes nothing, and tags alone do not count.
+                MetadataDirective="REPLACE", ContentType=head.get("ContentType") or
+                "application/octet-stream", Metadata=head.get("Metadata") or {},
+                TaggingDirective="REPLACE", Tagging=urlencode(tags),
+                **self._settings.sse_params)
 
     def delete(self, bucket: str, key: str) -> None:
         try:

@@ -1,16 +1,31 @@
-"""The worker side of a try-on: wait for the upload, submit to fal, complete.
+"""The worker side of a try-on: wait for the upload, claim, submit to fal, complete.
 
-No worker slot is held while fal works. `run` submits and returns; completion
-arrives by webhook (→ `complete`) or by a status check re-scheduled with a
-countdown (→ `poll`). Every step is idempotent by the job's state and attempt
-number, so duplicate deliveries, late webhooks and reconciler re-sends are
-harmless. Each function returns the follow-up it wants (a task name, arguments
-and a countdown), and the thin task layer sends it.
+No worker slot is held while fal works. `run` claims the job and makes one
+submission; completion arrives by webhook (→ `complete`) or by a status check
+re-scheduled with a countdown (→ `poll`). Each function returns the follow-up it
+wants (a task name, arguments and a countdown), and the thin task layer sends it.
+
+Nothing is lost when a worker dies, because no step relies on a message alone:
+
+- A claim is a lease. `run` raises the attempt number and sets `due_at` to the end
+  of the lease (FAL_IN_DOUBT_SECONDS); a claimant that died is taken over once the
+  lease ended, by the redelivered task or by the reconciler, whichever comes first.
+  The attempt number fences the old claimant: its writes name its attempt.
+- A submission whose outcome is unknown (the claimant died, or the connection
+  broke after the request went out) may have been accepted by fal. Its webhook
+  names the job and attempt, so with webhooks the lease is also the time it is
+  given to report before the job is submitted again; a result that still arrives
+  for a superseded attempt is taken (and counted as a double submission).
+- The deadline counts from the first submission fal accepted, and every submission
+  carries fal's start timeout, so a request fal has not started in time is dropped
+  unbilled instead of running after we gave up.
+- Finishing takes the job's row lock: one finalizer writes the result objects and
+  commits; a late or duplicate completion, a deletion or an erasure waits for it and
+  then finds the job done or gone.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import random
 import threading
@@ -21,18 +36,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from PIL import Image
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
-from shared import audit, metrics
+from shared import audit, metrics, result_store
 from shared.db import updated_rows
-from shared.fal_gateway import FalFailure, classify_completion_error, parse_output
+from shared.fal_gateway import FalFailure, cancel_quietly, classify_completion_error, parse_output
 from shared.fal_webhooks import webhook_url
 from shared.hairstyles import catalogue, compose_prompt
-from shared.images import ImageRejected, sanitize
 from shared.models import JobStatus, TryOn, Upload, UploadStatus
 from shared.services import Services
-from shared.tryons import RESULT_TAGS_KEPT, RESULT_TAGS_TEMPORARY, RUN_TASK, result_deadline
+from shared.storage import StorageUnavailable
+from shared.tryons import RUN_TASK, result_deadline
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +54,21 @@ POLL_TASK = "tryons.poll"
 COMPLETE_TASK = "tryons.complete"
 DEADLINE_TASK = "tryons.deadline"
 UPLOAD_WAIT_STEP_SECONDS = 1.0
-THUMBNAIL_SIZE = (256, 256)
-RESULT_FORMATS = ["JPEG", "PNG", "WEBP"]
 SIGNED_INPUT_TTL_SECONDS = 300
+# fal must have started a request this long before its input link expires (it
+# still has to download the selfie), and fal refuses start timeouts of 1 s or less.
+LINK_START_MARGIN_SECONDS = 30
+MIN_START_TIMEOUT_SECONDS = 2.0
+# A submitted job with no news this long is asked about (webhook lost, poller died).
+SILENT_AFTER = timedelta(seconds=15)
+# A queued job whose run was due this long ago has lost its message: send it again.
+QUEUED_GRACE = timedelta(seconds=10)
+# Claims taken over count as attempts too; this bounds a job that keeps killing
+# its workers (fal failures have their own budget, FAL_MAX_RETRIES).
+MAX_ATTEMPTS = 10
+# ETA tasks may run a little early; a run this close to its due time goes ahead.
+EARLY_TOLERANCE = timedelta(seconds=1)
+IN_FLIGHT = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 
 @dataclass(frozen=True)
@@ -64,13 +90,28 @@ def _load(svc: Services, job_id: str) -> TryOn | None:
         return session.get(TryOn, job_id)
 
 
-# --- run: wait for the upload, then one fal submission --------------------------
+def _seconds_until(moment: datetime, now: datetime) -> float:
+    return max(0.0, (moment - now).total_seconds())
+
+
+# --- run: wait for the upload, claim, one fal submission ----------------------------
 
 def run(svc: Services, job_id: str) -> list[FollowUp]:
     job = _load(svc, job_id)
-    if job is None or job.status != JobStatus.QUEUED:
-        return []  # submitted already (completion is on its way) or finished
+    if job is None or job.status not in IN_FLIGHT:
+        return []
     now = svc.clock()
+    if job.status == JobStatus.PROCESSING:
+        if job.fal_request_id:
+            return []  # submitted: its completion is on the way
+        if job.due_at is not None and now < job.due_at:
+            # Claimed, and the lease still runs: its claimant may be alive. Come back
+            # when it ends, in case the claimant died (this is a redelivered task).
+            return [FollowUp(RUN_TASK, (job.id,), _seconds_until(job.due_at, now) + 0.5)]
+        metrics.TRYON_TAKEOVERS.inc()
+        log.warning("job %s: the claim of attempt %d lapsed; taking it over", job.id, job.attempt)
+    elif job.due_at is not None and now < job.due_at - EARLY_TOLERANCE:
+        return [FollowUp(RUN_TASK, (job.id,), _seconds_until(job.due_at, now))]  # backoff
     with svc.sessions() as session:
         upload = session.get(Upload, job.upload_id)
     if upload is None or upload.status in (UploadStatus.DELETED, UploadStatus.EXPIRED):
@@ -83,60 +124,110 @@ def run(svc: Services, job_id: str) -> list[FollowUp]:
         if now >= job.created_at + timedelta(seconds=svc.settings.upload_wait_seconds):
             _fail(svc, job, "upload.not_ready")
             return []
-        # Touch the row, so the reconciler sees this job is being looked after.
         with svc.sessions.begin() as session:
-            session.execute(update(TryOn).where(TryOn.id == job.id).values(updated_at=now))
+            session.execute(update(TryOn).where(TryOn.id == job.id, TryOn.status == JobStatus.QUEUED)
+                            .values(due_at=now + timedelta(seconds=UPLOAD_WAIT_STEP_SECONDS)))
         return [FollowUp(RUN_TASK, (job.id,), UPLOAD_WAIT_STEP_SECONDS)]
     if job.deadline_at is not None and now >= job.deadline_at:
         return _time_out(svc, job)
+    if job.attempt >= MAX_ATTEMPTS:
+        _fail(svc, job, "fal.unavailable", detail="too many attempts")
+        return []
     return _submit(svc, job, upload, now)
+
+
+def _start_timeout(svc: Services, job: TryOn, now: datetime) -> float:
+    """Time left until the deadline (all of it before the first accepted submit),
+    bounded by what the signed input link leaves."""
+    left = (_seconds_until(job.deadline_at, now) if job.deadline_at is not None
+            else float(svc.settings.fal_deadline_seconds))
+    return max(MIN_START_TIMEOUT_SECONDS,
+               min(left, SIGNED_INPUT_TTL_SECONDS - LINK_START_MARGIN_SECONDS))
 
 
 def _submit(svc: Services, job: TryOn, upload: Upload, now: datetime) -> list[FollowUp]:
     s = svc.settings
     attempt = job.attempt + 1
-    first = job.first_submitted_at or now
-    deadline = job.deadline_at or now + timedelta(seconds=s.fal_deadline_seconds)
-    with svc.sessions.begin() as session:
-        # Claim this attempt: of two concurrent runs exactly one submits, and a job
-        # already processing is never submitted again from here.
-        if not updated_rows(session, update(TryOn).where(
-                TryOn.id == job.id, TryOn.attempt == job.attempt,
-                TryOn.status == JobStatus.QUEUED).values(
-                status=JobStatus.PROCESSING, attempt=attempt, fal_request_id=None,
-                first_submitted_at=first, deadline_at=deadline, updated_at=now,
-                source_sha256=upload.sanitized_sha256)):
-            return []
     arguments = {
         "prompt": compose_prompt(catalogue()[job.hairstyle_id], job.user_prompt),
-        # A fresh link for every attempt, never stored, gone within 5 minutes.
+        # A fresh link for every attempt, never stored, gone within 5 minutes. Signed
+        # before the claim, so nothing slow stands between the claim and the send.
         "image_urls": [svc.storage.presign_get(s.uploads_bucket, str(upload.sanitized_key),
                                                expires_in=SIGNED_INPUT_TTL_SECONDS)],
         "num_images": 1,
         "output_format": "jpeg",
     }
-    hook = (webhook_url(s.public_base_url, s.webhook_secret, job.id, attempt)
-            if s.public_base_url else None)
+    start_timeout = _start_timeout(svc, job, now)
+    lease_end = now + timedelta(seconds=s.fal_in_doubt_seconds)
+    with svc.sessions.begin() as session:
+        # Claim this attempt: of two runs exactly one wins, and a claim whose lease
+        # still runs is never taken.
+        if not updated_rows(session, update(TryOn).where(
+                TryOn.id == job.id, TryOn.attempt == job.attempt,
+                or_(TryOn.status == JobStatus.QUEUED,
+                    (TryOn.status == JobStatus.PROCESSING) & TryOn.fal_request_id.is_(None)
+                    & or_(TryOn.due_at.is_(None), TryOn.due_at <= now))).values(
+                status=JobStatus.PROCESSING, attempt=attempt, fal_request_id=None,
+                due_at=lease_end, updated_at=now, source_sha256=upload.sanitized_sha256)):
+            return []
+    hook = webhook_url(s.public_base_url, s.webhook_secret, job.id, attempt) \
+        if s.public_base_url else None
     started = time.perf_counter()
     try:
-        request_id = svc.fal.submit(arguments, hook)
+        request_id = svc.fal.submit(arguments, hook, start_timeout=start_timeout)
     except FalFailure as failure:
-        log.warning("fal submit failed for job %s attempt %d: %s", job.id, attempt, failure)
-        return _after_failure(svc, job.id, attempt, failure)
+        return _submit_failed(svc, job, attempt, failure, hook is not None, lease_end)
+    submitted = svc.clock()
+    metrics.FAL_SUBMITS.labels(result="accepted").inc()
     with svc.sessions.begin() as session:
-        session.execute(update(TryOn).where(TryOn.id == job.id, TryOn.attempt == attempt)
-                        .values(fal_request_id=request_id, updated_at=svc.clock()))
-        audit.record(session, at=now, user_id=job.user_id, action="tryon.invoked",
+        recorded = updated_rows(session, update(TryOn).where(
+            TryOn.id == job.id, TryOn.attempt == attempt, TryOn.status == JobStatus.PROCESSING,
+            TryOn.fal_request_id.is_(None)).values(
+            fal_request_id=request_id, due_at=submitted + SILENT_AFTER,
+            first_submitted_at=job.first_submitted_at or submitted,
+            deadline_at=job.deadline_at or submitted + timedelta(seconds=s.fal_deadline_seconds)))
+        audit.record(session, at=submitted, user_id=job.user_id, action="tryon.invoked",
                      subject_type="try_on", subject_id=job.id, attempt=attempt,
                      model=s.fal_model_id, fal_request_id=request_id,
                      source_upload_id=upload.id, source_sha256=upload.sanitized_sha256)
     log.info("job %s submitted to fal (attempt %d, %.0f ms)", job.id, attempt,
              (time.perf_counter() - started) * 1000)
+    if not recorded:
+        return _submission_orphaned(svc, job.id, attempt, request_id)
     follow = [] if hook else [FollowUp(POLL_TASK, (job.id, attempt), s.fal_poll_seconds)]
-    if attempt == 1:
-        follow.append(FollowUp(DEADLINE_TASK, (job.id,),
-                               max(0.0, (deadline - now).total_seconds()) + 1))
+    if job.deadline_at is None:
+        follow.append(FollowUp(DEADLINE_TASK, (job.id,), s.fal_deadline_seconds + 1))
     return follow
+
+
+def _submit_failed(svc: Services, job: TryOn, attempt: int, failure: FalFailure,
+                   webhooks: bool, lease_end: datetime) -> list[FollowUp]:
+    log.warning("fal submit failed for job %s attempt %d: %s", job.id, attempt, failure)
+    if failure.in_doubt and webhooks:
+        # fal may have accepted it: its webhook will say so. Until the lease ends the
+        # job waits for that; then it is taken over and submitted again.
+        metrics.FAL_SUBMITS.labels(result="in_doubt").inc()
+        return [FollowUp(RUN_TASK, (job.id,), _seconds_until(lease_end, svc.clock()) + 0.5)]
+    if failure.in_doubt:
+        # Without webhooks nothing could ever finish that submission: send again.
+        metrics.FAL_DOUBLE_SUBMISSIONS.labels(cause="no_webhook").inc()
+    metrics.FAL_SUBMITS.labels(result="failed").inc()
+    return _after_failure(svc, job.id, attempt, failure)
+
+
+def _submission_orphaned(svc: Services, job_id: str, attempt: int,
+                         request_id: str) -> list[FollowUp]:
+    """fal accepted our submission, but the claim had moved on before we could record
+    it: taken over (our lease lapsed), finished, failed or deleted meanwhile."""
+    job = _load(svc, job_id)
+    if job is not None and job.fal_request_id == request_id:
+        return []  # its own webhook came first and recorded it (or finished the job)
+    if job is not None and job.attempt > attempt:
+        metrics.FAL_DOUBLE_SUBMISSIONS.labels(cause="lease_lapsed").inc()
+    log.warning("job %s: attempt %d was accepted after its claim moved on; canceling it",
+                job_id, attempt)
+    cancel_quietly(svc.fal, request_id)
+    return []
 
 
 def _after_failure(svc: Services, job_id: str, attempt: int,
@@ -146,9 +237,9 @@ def _after_failure(svc: Services, job_id: str, attempt: int,
     if job is None or job.attempt != attempt or job.status != JobStatus.PROCESSING:
         return []
     s = svc.settings
-    retries_left = attempt <= s.fal_max_retries
-    if failure.retriable and retries_left:
-        delay = (2 ** attempt) * s.fal_retry_base_seconds * random.uniform(0.75, 1.25)
+    failures = job.fal_failures + 1
+    if failure.retriable and failures <= s.fal_max_retries:
+        delay = (2 ** failures) * s.fal_retry_base_seconds * random.uniform(0.75, 1.25)
         now = svc.clock()
         if job.deadline_at is not None and now + timedelta(seconds=delay) >= job.deadline_at:
             return _time_out(svc, job)
@@ -156,7 +247,8 @@ def _after_failure(svc: Services, job_id: str, attempt: int,
             requeued = updated_rows(session, update(TryOn).where(
                 TryOn.id == job.id, TryOn.attempt == attempt,
                 TryOn.status == JobStatus.PROCESSING).values(
-                status=JobStatus.QUEUED, fal_request_id=None, updated_at=now))
+                status=JobStatus.QUEUED, fal_request_id=None, fal_failures=failures,
+                due_at=now + timedelta(seconds=delay), updated_at=now))
         return [FollowUp(RUN_TASK, (job.id,), delay)] if requeued else []
     _fail(svc, job, failure.code, attempt=attempt, detail=str(failure))
     return []
@@ -180,39 +272,40 @@ class Completion:
 
 def complete(svc: Services, job_id: str, attempt: int, completion: Completion) -> list[FollowUp]:
     job = _load(svc, job_id)
-    if job is None or job.status != JobStatus.PROCESSING or job.attempt != attempt:
+    if job is None or job.status != JobStatus.PROCESSING or attempt > job.attempt:
         log.info("ignoring completion for job %s attempt %d (stale or duplicate)", job_id, attempt)
         return []
-    if job.fal_request_id and completion.request_id and job.fal_request_id != completion.request_id:
+    superseded = attempt < job.attempt
+    if superseded and not completion.ok:
+        return []  # an earlier attempt's failure: that attempt was retried already
+    if (not superseded and job.fal_request_id and completion.request_id
+            and job.fal_request_id != completion.request_id):
         return []
     if not completion.ok:
-        return _after_failure(svc, job.id, attempt,
-                              classify_completion_error(completion.error_type))
+        return _after_failure(svc, job.id, attempt, classify_completion_error(completion.error_type))
+    request_id = completion.request_id or (None if superseded else job.fal_request_id)
     try:
         try:
             urls = parse_output(completion.output).image_urls
         except FalFailure:
             # fal finished but the webhook carried no usable payload (payload_error):
             # the result is still at fal, ask for it.
-            request_id = job.fal_request_id or completion.request_id
             if not request_id:
                 raise
             urls = svc.fal.result(request_id).image_urls
-        data = _download(svc, urls[0])
-        stored = _store_result(svc, job, data)
+        rendered = result_store.render(_download(svc, urls[0]), svc.settings.max_image_pixels)
+    except result_store.NotAnImage as bad:
+        failure = FalFailure("fal.bad_result", retriable=False, error_type=bad.detail)
+        return [] if superseded else _after_failure(svc, job.id, attempt, failure)
     except FalFailure as failure:
-        return _after_failure(svc, job.id, attempt, failure)
-    _succeed(svc, job, attempt, stored)
+        return [] if superseded else _after_failure(svc, job.id, attempt, failure)
+    if _succeed(svc, job.id, attempt, rendered, request_id) and superseded:
+        # A submission presumed lost (its claimant died) finished after all, while a
+        # later attempt was sent: that one is not needed any more.
+        metrics.FAL_DOUBLE_SUBMISSIONS.labels(cause="superseded_finished").inc()
+        if job.fal_request_id:
+            cancel_quietly(svc.fal, job.fal_request_id)
     return []
-
-
-@dataclass(frozen=True)
-class _Stored:
-    key: str
-    thumb_key: str
-    sha256: str
-    width: int
-    height: int
 
 
 _http = threading.local()
@@ -251,73 +344,75 @@ def _download(svc: Services, url: str) -> bytes:
     return b"".join(chunks)
 
 
-def _store_result(svc: Services, job: TryOn, data: bytes) -> _Stored:
-    try:
-        with Image.open(io.BytesIO(data), formats=RESULT_FORMATS) as image:
-            if image.width * image.height > svc.settings.max_image_pixels:
-                raise FalFailure("fal.bad_result", retriable=False, error_type="too many pixels")
-            image.load()
-            clean = sanitize(image)
-            thumb_image = image.convert("RGB")
-            thumb_image.thumbnail(THUMBNAIL_SIZE)
-            thumb = sanitize(thumb_image)
-    except (OSError, SyntaxError, ValueError, ImageRejected, Image.DecompressionBombError):
-        raise FalFailure("fal.bad_result", retriable=False, error_type="not an image") from None
-    key = f"results/{job.user_id}/{job.id}.jpg"
-    thumb_key = f"results/{job.user_id}/{job.id}_thumb.jpg"
-    bucket = svc.settings.processed_bucket
-    svc.storage.put_bytes(bucket, key, clean.data, content_type="image/jpeg",
-                          tags=RESULT_TAGS_TEMPORARY)
-    svc.storage.put_bytes(bucket, thumb_key, thumb.data, content_type="image/jpeg",
-                          tags=RESULT_TAGS_TEMPORARY)
-    return _Stored(key, thumb_key, clean.sha256, clean.width, clean.height)
-
-
-def _succeed(svc: Services, job: TryOn, attempt: int, stored: _Stored) -> None:
-    now = svc.clock()
+def _succeed(svc: Services, job_id: str, attempt: int, rendered: result_store.Rendered,
+             request_id: str | None) -> bool:
+    """Write the result and mark the job succeeded, under the job's row lock: of
+    concurrent finalizers one writes, and a job deleted meanwhile gets nothing."""
     with svc.sessions.begin() as session:
-        won = updated_rows(session, update(TryOn).where(
-            TryOn.id == job.id, TryOn.attempt == attempt,
-            TryOn.status == JobStatus.PROCESSING).values(
-            status=JobStatus.SUCCEEDED, result_key=stored.key, thumbnail_key=stored.thumb_key,
-            result_sha256=stored.sha256, result_width=stored.width, result_height=stored.height,
-            completed_at=now, updated_at=now,
-            delete_after=None if job.favorite else result_deadline(svc, now)))
-        if not won:
-            return
+        job = session.scalars(select(TryOn).where(TryOn.id == job_id).with_for_update()) \
+            .one_or_none()
+        if job is None or job.status != JobStatus.PROCESSING:
+            return False
+        # The retention deadline counts from before the objects were written, so the
+        # bucket's lifecycle (which counts from their creation) never comes first.
+        stored_at = svc.clock()
+        key, thumb_key = result_store.write(svc, job, rendered)
+        now = svc.clock()
+        clean = rendered.result
+        if not updated_rows(session, update(TryOn).where(
+                TryOn.id == job.id, TryOn.status == JobStatus.PROCESSING).values(
+                status=JobStatus.SUCCEEDED, result_key=key, thumbnail_key=thumb_key,
+                result_sha256=clean.sha256, result_width=clean.width, result_height=clean.height,
+                completed_at=now, updated_at=now, due_at=None,
+                fal_request_id=job.fal_request_id or request_id,
+                delete_after=None if job.favorite else result_deadline(svc, stored_at),
+                result_tags=None if job.favorite else result_store.TEMPORARY)):
+            return False
         if svc.settings.delete_selfie_after_job:
             # Schedules the selfie's deletion: the retention pass removes it next.
             session.execute(update(Upload).where(Upload.id == job.upload_id)
                             .values(delete_after=now))
         audit.record(session, at=now, user_id=job.user_id, action="tryon.succeeded",
                      subject_type="try_on", subject_id=job.id, attempt=attempt,
-                     result_sha256=stored.sha256, source_sha256=job.source_sha256)
-    fresh = _load(svc, job.id)
-    if fresh is not None and fresh.favorite:
-        # Favorited while it was running: its objects must not carry the 7-day tag.
-        for key in (stored.key, stored.thumb_key):
-            svc.storage.set_tags(svc.settings.processed_bucket, key, RESULT_TAGS_KEPT)
+                     result_sha256=clean.sha256, source_sha256=job.source_sha256)
+        favorite, first_submitted_at = job.favorite, job.first_submitted_at
+    if favorite:
+        _sync_tags_quietly(svc, job_id)  # favorited while it ran: tag it kept now
     metrics.FAL_SUCCESS.inc()
-    if job.first_submitted_at:
-        metrics.FAL_DURATION.observe((now - job.first_submitted_at).total_seconds())
+    if first_submitted_at:
+        metrics.FAL_DURATION.observe((now - first_submitted_at).total_seconds())
     metrics.JOB_OUTCOMES.labels(outcome="succeeded").inc()
-    log.info("job %s succeeded (attempt %d)", job.id, attempt)
+    log.info("job %s succeeded (attempt %d)", job_id, attempt)
+    return True
+
+
+def _sync_tags_quietly(svc: Services, job_id: str) -> None:
+    try:
+        result_store.sync_tags(svc, job_id)
+    except Exception as exc:  # noqa: BLE001 - the row says what is wanted; the beat repairs
+        log.warning("re-tagging job %s failed (%s); left for the beat", job_id, type(exc).__name__)
 
 
 def _fail(svc: Services, job: TryOn, code: str, *, attempt: int | None = None,
           detail: str = "") -> None:
     now = svc.clock()
-    conditions = [TryOn.id == job.id,
-                  TryOn.status.in_((JobStatus.QUEUED, JobStatus.PROCESSING))]
+    conditions = [TryOn.id == job.id, TryOn.status.in_(IN_FLIGHT)]
     if attempt is not None:
         conditions.append(TryOn.attempt == attempt)
     with svc.sessions.begin() as session:
+        # A failed job has nothing to keep, favorite or not: it goes like a result.
         if not updated_rows(session, update(TryOn).where(*conditions).values(
-                status=JobStatus.FAILED, error_code=code, completed_at=now, updated_at=now)):
+                status=JobStatus.FAILED, error_code=code, completed_at=now, updated_at=now,
+                due_at=None, delete_after=result_deadline(svc, now))):
             return
         audit.record(session, at=now, user_id=job.user_id, action="tryon.failed",
                      subject_type="try_on", subject_id=job.id, code=code,
                      attempt=attempt or job.attempt, source_sha256=job.source_sha256)
+    try:
+        # A finalizer that died after writing leaves objects no row records.
+        result_store.delete_objects(svc, job.user_id, job.id)
+    except StorageUnavailable:
+        log.warning("job %s: could not delete partial results; the orphan sweep will", job.id)
     metrics.JOB_OUTCOMES.labels(outcome="failed").inc()
     log.warning("job %s failed: %s %s", job.id, code, detail)
 
@@ -351,9 +446,7 @@ def poll(svc: Services, job_id: str, attempt: int, *, reschedule: bool = True) -
 
 def enforce_deadline(svc: Services, job_id: str) -> list[FollowUp]:
     job = _load(svc, job_id)
-    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.PROCESSING):
-        return []
-    if job.deadline_at is None:
+    if job is None or job.status not in IN_FLIGHT or job.deadline_at is None:
         return []
     remaining = (job.deadline_at - svc.clock()).total_seconds()
     if remaining > 0:
@@ -363,16 +456,9 @@ def enforce_deadline(svc: Services, job_id: str) -> list[FollowUp]:
 
 def _time_out(svc: Services, job: TryOn) -> list[FollowUp]:
     if job.fal_request_id:
-        cancel_quietly(svc, job.fal_request_id)
+        cancel_quietly(svc.fal, job.fal_request_id)
     _fail(svc, job, "fal.timeout")
     return []
-
-
-def cancel_quietly(svc: Services, request_id: str) -> None:
-    try:
-        svc.fal.cancel(request_id)
-    except FalFailure as failure:
-        log.warning("could not cancel fal request: %s", failure)
 
 
 # --- the beat's safety net --------------------------------------------------------
@@ -380,39 +466,40 @@ def cancel_quietly(svc: Services, request_id: str) -> None:
 RECONCILE_BATCH = 500
 
 
-# A claimed attempt with no request id after this long died between claim and
-# submit (worker killed, a bug): it is handed back to the queue. The submit's own
-# timeout (30 s) is well inside it, so a submit still in progress is not doubled.
-CLAIM_ABANDONED_AFTER = timedelta(seconds=90)
-
-
-def reconcile(svc: Services, *, queued_after: timedelta = timedelta(seconds=30),
-              silent_after: timedelta = timedelta(seconds=30)) -> list[FollowUp]:
-    """Jobs left queued (broker down at enqueue) are sent again; jobs processing
-    without news are checked once; jobs past their deadline are failed."""
+def reconcile(svc: Services) -> list[FollowUp]:
+    """Every job whose `due_at` passed with nobody acting on it: a queued job's run is
+    sent again, a lapsed claim is handed to `run` (which takes it over), a submitted
+    job is asked about, and a job past its deadline is failed."""
     now = svc.clock()
-    follow: list[FollowUp] = []
     with svc.sessions() as session:
-        stuck = list(session.scalars(select(TryOn).where(
-            TryOn.status.in_((JobStatus.QUEUED, JobStatus.PROCESSING)),
-            TryOn.updated_at < now - min(queued_after, silent_after))
-            .order_by(TryOn.updated_at).limit(RECONCILE_BATCH)))
-    for job in stuck:
+        jobs = list(session.scalars(select(TryOn).where(
+            TryOn.status.in_(IN_FLIGHT),
+            or_(TryOn.due_at.is_(None), TryOn.due_at < now, TryOn.deadline_at < now))
+            .order_by(TryOn.due_at).limit(RECONCILE_BATCH)))
+    follow: list[FollowUp] = []
+    resent: list[str] = []
+    asked: list[str] = []
+    for job in jobs:
         if job.deadline_at is not None and now >= job.deadline_at:
             follow += _time_out(svc, job)
-        elif job.status == JobStatus.QUEUED and job.updated_at < now - queued_after:
-            follow.append(FollowUp(RUN_TASK, (job.id,)))
-        elif job.status == JobStatus.PROCESSING and not job.fal_request_id:
-            if job.updated_at < now - CLAIM_ABANDONED_AFTER:
-                with svc.sessions.begin() as session:
-                    if updated_rows(session, update(TryOn).where(
-                            TryOn.id == job.id, TryOn.attempt == job.attempt,
-                            TryOn.status == JobStatus.PROCESSING,
-                            TryOn.fal_request_id.is_(None)).values(
-                            status=JobStatus.QUEUED, updated_at=now)):
-                        follow.append(FollowUp(RUN_TASK, (job.id,)))
-        elif job.status == JobStatus.PROCESSING and job.updated_at < now - silent_after:
+        elif job.status == JobStatus.QUEUED:
+            if job.due_at is None or job.due_at < now - QUEUED_GRACE:
+                follow.append(FollowUp(RUN_TASK, (job.id,)))
+                resent.append(job.id)
+        elif not job.fal_request_id:
+            follow.append(FollowUp(RUN_TASK, (job.id,)))  # the claim's lease ended
+        else:
             follow.append(FollowUp(POLL_TASK, (job.id, job.attempt, False)))
+            asked.append(job.id)
+    # Marked, so that the next pass waits for these messages instead of doubling them.
+    with svc.sessions.begin() as session:
+        if resent:
+            session.execute(update(TryOn).where(TryOn.id.in_(resent),
+                                                TryOn.status == JobStatus.QUEUED).values(due_at=now))
+        if asked:
+            session.execute(update(TryOn).where(TryOn.id.in_(asked),
+                                                TryOn.status == JobStatus.PROCESSING)
+                            .values(due_at=now + SILENT_AFTER))
     return follow
 
 

@@ -12,23 +12,23 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
-from shared import audit
+from shared import audit, result_store
 from shared.db import updated_rows
+from shared.erasure_requests import refuse_while_erasing
 from shared.errors import AppError
+from shared.fal_gateway import cancel_quietly
 from shared.hairstyles import catalogue
 from shared.keys import parse_raw_key
-from shared.models import JobStatus, TryOn, Upload, UploadStatus
+from shared.models import JobStatus, TryOn, Upload, UploadStatus, UTCDateTime
 from shared.pagination import Page, is_uuid, page
 from shared.services import Services
 
 log = logging.getLogger(__name__)
 
 RUN_TASK = "tryons.run"
-RESULT_TAGS_TEMPORARY = {"retention": "temporary"}
-RESULT_TAGS_KEPT = {"retention": "kept"}
 IN_FLIGHT = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 
@@ -56,12 +56,14 @@ def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None
     if charge is not None:
         charge()
     now = svc.clock()
+    # Due at once: if its message is lost, the reconciler sends it again.
     job = TryOn(id=str(uuid.uuid4()), user_id=user_id, upload_id=upload.id,
                 hairstyle_id=hairstyle_id, user_prompt=prompt, locale=locale,
-                status=JobStatus.QUEUED, created_at=now, updated_at=now, attempt=0,
-                favorite=False, idempotency_key=key_hash)
+                status=JobStatus.QUEUED, created_at=now, updated_at=now, due_at=now, attempt=0,
+                fal_failures=0, favorite=False, idempotency_key=key_hash)
     try:
         with svc.sessions.begin() as session:
+            refuse_while_erasing(session, user_id)
             session.add(job)
             audit.record(session, at=now, user_id=user_id, action="tryon.created",
                          subject_type="try_on", subject_id=job.id, upload_id=upload.id,
@@ -129,21 +131,33 @@ def list_for_user(svc: Services, user_id: str, *, limit: int, cursor: str | None
 
 def set_favorite(svc: Services, user_id: str, job_id: str, favorite: bool) -> TryOn:
     """A favorite is kept past the default retention: no deleteAfter, objects
-    tagged `kept` (the processed bucket's lifecycle rule skips them)."""
+    tagged `kept` (the processed bucket's lifecycle rule skips them). Un-favoriting
+    starts the default retention again from now.
+
+    The row is changed first and is the truth; the objects' tag follows it right
+    away, or, if storage fails now, at the beat's next pass (shared/result_store.py)."""
     job = get(svc, user_id, job_id)
+    if job.status == JobStatus.FAILED:
+        raise AppError("tryon.no_result")
     now = svc.clock()
-    delete_after = None if favorite else result_deadline(svc, now)
-    if job.result_key:
-        tags = RESULT_TAGS_KEPT if favorite else RESULT_TAGS_TEMPORARY
-        for key in (job.result_key, job.thumbnail_key):
-            if key:
-                svc.storage.set_tags(svc.settings.processed_bucket, key, tags)
     with svc.sessions.begin() as session:
-        session.execute(update(TryOn).where(TryOn.id == job.id).values(
-            favorite=favorite, updated_at=now,
-            delete_after=delete_after if job.status == JobStatus.SUCCEEDED else None))
-        audit.record(session, at=now, user_id=user_id, subject_type="try_on",
-                     subject_id=job.id, action="tryon.favorited" if favorite else "tryon.unfavorited")
+        changed = updated_rows(session, update(TryOn).where(
+            TryOn.id == job.id, TryOn.status != JobStatus.FAILED,
+            TryOn.favorite == (not favorite)).values(
+            favorite=favorite, updated_at=now, result_tags=None,
+            # In flight, the deadline is set when the job finishes.
+            delete_after=None if favorite else case(
+                (TryOn.status == JobStatus.SUCCEEDED,
+                 literal(result_deadline(svc, now), UTCDateTime())), else_=None)))
+        if changed:
+            audit.record(session, at=now, user_id=user_id, subject_type="try_on",
+                         subject_id=job.id,
+                         action="tryon.favorited" if favorite else "tryon.unfavorited")
+    try:
+        result_store.sync_tags(svc, job.id)
+    except Exception as exc:  # noqa: BLE001 - the row is committed; the beat re-tags
+        log.warning("re-tagging job %s failed (%s); left for the beat", job.id,
+                    type(exc).__name__)
     return get(svc, user_id, job_id)
 
 
@@ -154,19 +168,24 @@ def result_deadline(svc: Services, now: datetime) -> datetime:
 def remove(svc: Services, user_id: str, job_id: str, *, reason: str = "user") -> None:
     """Delete the result objects and the job; a job in flight has its fal request canceled."""
     job = get(svc, user_id, job_id)
-    erase_job(svc, job, reason=reason)
+    erase_job(svc, job.id, reason=reason)
 
 
-def erase_job(svc: Services, job: TryOn, *, reason: str) -> None:
-    if job.status in IN_FLIGHT and job.fal_request_id:
-        from shared.tryon_pipeline import cancel_quietly
-
-        cancel_quietly(svc, job.fal_request_id)
-    for key in (job.result_key, job.thumbnail_key):
-        if key:
-            svc.storage.delete(svc.settings.processed_bucket, key)
-    now = svc.clock()
+def erase_job(svc: Services, job_id: str, *, reason: str) -> bool:
+    """Remove a job's objects and its row, under the row's lock: a worker finishing
+    the job at the same moment either wrote before (its objects go now) or finds the
+    row gone and writes nothing. False if the row was already gone."""
     with svc.sessions.begin() as session:
+        job = session.scalars(select(TryOn).where(TryOn.id == job_id).with_for_update()) \
+            .one_or_none()
+        if job is None:
+            return False
+        # The objects first: if storage fails, the row (and the client's retry) stays.
+        result_store.delete_objects(svc, job.user_id, job.id)
         session.execute(delete(TryOn).where(TryOn.id == job.id))
-        audit.record(session, at=now, user_id=job.user_id, action="tryon.deleted",
+        audit.record(session, at=svc.clock(), user_id=job.user_id, action="tryon.deleted",
                      subject_type="try_on", subject_id=job.id, reason=reason)
+        in_flight_request = job.fal_request_id if job.status in IN_FLIGHT else None
+    if in_flight_request:
+        cancel_quietly(svc.fal, in_flight_request)
+    return True

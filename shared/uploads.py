@@ -11,6 +11,7 @@ import base64
 import binascii
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -19,8 +20,9 @@ from sqlalchemy.orm import Session
 
 from shared import audit, metrics
 from shared.db import updated_rows
+from shared.erasure_requests import refuse_while_erasing
 from shared.errors import AppError
-from shared.keys import EXTENSIONS, parse_raw_key, raw_upload_key
+from shared.keys import EXTENSIONS, parse_raw_key, raw_upload_key, sanitized_key
 from shared.models import Upload, UploadStatus
 from shared.pagination import Page, is_uuid, page
 from shared.services import Services
@@ -64,11 +66,12 @@ def presign(svc: Services, user_id: str, *, content_type: str, content_length: i
     # not account for later would be an upload nobody can confirm or clean up.
     # Core INSERTs on a plain connection: this is the hot path of the API.
     with svc.engine.begin() as conn:
+        refuse_while_erasing(conn, user_id)
         conn.execute(insert(Upload).values(
             id=upload.id, user_id=user_id, key=upload.key, content_type=content_type,
             declared_size=content_length, declared_checksum=checksum, status=upload.status,
             created_at=now, url_expires_at=upload.url_expires_at,
-            delete_after=upload.delete_after))
+            delete_after=upload.delete_after, validation_crashes=0))
         audit.record(conn, at=now, user_id=user_id, action="upload.issued",
                      subject_type="upload", subject_id=upload_id,
                      content_type=content_type, size=content_length)
@@ -114,7 +117,10 @@ def confirm(svc: Services, user_id: str, key: str, *, width: int | None = None,
         won = updated_rows(session, update(Upload).where(
             Upload.id == upload.id, Upload.status == UploadStatus.PENDING).values(
             status=UploadStatus.VALIDATING, confirmed_at=now, size_bytes=info.size,
-            client_width=width, client_height=height))
+            client_width=width, client_height=height,
+            # Unclaimed, the lease time is when the beat sends the validation again.
+            validation_owner=None, validation_crashes=0,
+            validation_lease_until=now + timedelta(seconds=s.validation_stale_seconds)))
         if not won:
             raise AppError("upload.already_confirmed")
         audit.record(session, at=now, user_id=user_id, action="upload.confirmed",
@@ -197,20 +203,32 @@ def list_for_user(svc: Services, user_id: str, *, limit: int, cursor: str | None
 
 def delete(svc: Services, user_id: str, upload_id: str) -> None:
     """Delete the selfie's objects now and mark the record deleted (idempotent)."""
-    upload = get(svc, user_id, upload_id)
-    if upload.status == UploadStatus.DELETED:
-        return
-    now = svc.clock()
-    erase_objects(svc, upload, now)
+    get(svc, user_id, upload_id)
+    delete_upload(svc, upload_id, reason="user")
+
+
+def delete_upload(svc: Services, upload_id: str, *, reason: str,
+                  only_if: Callable[[Upload], bool] = lambda _: True) -> bool:
+    """Remove an upload's objects and mark it deleted, under its row lock: a
+    validation finishing at the same moment either wrote its sanitized copy before
+    (and it goes now) or finds the upload deleted and writes nothing."""
     with svc.sessions.begin() as session:
+        upload = session.scalars(select(Upload).where(Upload.id == upload_id).with_for_update()) \
+            .one_or_none()
+        if upload is None or upload.status == UploadStatus.DELETED or not only_if(upload):
+            return False
+        now = svc.clock()
+        erase_objects(svc, upload, now)
         session.execute(update(Upload).where(Upload.id == upload.id).values(
             status=UploadStatus.DELETED, deleted_at=now))
-        audit.record(session, at=now, user_id=user_id, action="upload.deleted",
-                     subject_type="upload", subject_id=upload.id, reason="user")
+        audit.record(session, at=now, user_id=upload.user_id, action="upload.deleted",
+                     subject_type="upload", subject_id=upload.id, reason=reason)
+    return True
 
 
 def erase_objects(svc: Services, upload: Upload, now: datetime) -> None:
-    if upload.sanitized_key:
-        svc.storage.delete(svc.settings.uploads_bucket, upload.sanitized_key)
+    # The sanitized key by name: a validator that died after writing it left an
+    # object its row never recorded.
+    svc.storage.delete(svc.settings.uploads_bucket, sanitized_key(upload.user_id, upload.id))
     if upload.raw_purged_at is None:
         remove_raw_bytes(svc, upload, now)

@@ -196,7 +196,7 @@ def svc(settings: Settings, dispatch: InlineDispatch) -> Iterator[Services]:
     services = Services.from_settings(settings)
     services.dispatch = dispatch
     from shared import tryon_pipeline as tp
-    from shared.erasure import erase_user
+    from shared.erasure import erase
     from shared.validation import validate_upload
 
     dispatch.handlers.update({
@@ -207,13 +207,13 @@ def svc(settings: Settings, dispatch: InlineDispatch) -> Iterator[Services]:
         "tryons.complete": lambda job_id, attempt, completion: tp.send(
             services, tp.complete(services, job_id, attempt, tp.Completion(**completion))),
         "tryons.deadline": lambda job_id: tp.send(services, tp.enforce_deadline(services, job_id)),
-        "users.erase": lambda user_id: erase_user(services, user_id),
+        "users.erase": lambda erasure_id: erase(services, erasure_id, owner=uuid.uuid4().hex),
     })
     try:
         yield services
     finally:
         with services.engine.begin() as conn:
-            conn.execute(text("TRUNCATE uploads, audit_events, try_ons RESTART IDENTITY"))
+            conn.execute(text("TRUNCATE uploads, audit_events, try_ons, erasure_requests RESTART IDENTITY"))
         services.engine.dispose()
 
 

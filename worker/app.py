@@ -7,6 +7,7 @@ Run: celery -A worker.app worker -Q default,uploads,tryons,tryons_done,maintenan
 from __future__ import annotations
 
 import logging
+import resource
 from typing import Any
 
 from celery import signals
@@ -28,6 +29,18 @@ def _setup_logging(**_: Any) -> None:
 @signals.after_setup_logger.connect
 def _redact_celery_handlers(logger: logging.Logger, **_: Any) -> None:
     install_redaction(logger)
+
+
+@signals.worker_process_init.connect
+def _limit_memory(**_: Any) -> None:
+    """A hard address-space limit for each prefork child, set as it starts: a decode
+    that runs away fails with MemoryError inside its task (and a child that dies of
+    it anyway is a crash the validation counts), instead of taking the host down.
+    Celery's --max-memory-per-child only looks after a task has finished."""
+    limit_mb = get_settings().worker_memory_limit_mb
+    if limit_mb > 0:
+        limit = limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 @signals.worker_process_init.connect

@@ -3,22 +3,34 @@ and calls one domain function."""
 
 from __future__ import annotations
 
-from shared import erasure, retention, tryon_pipeline
+from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from shared import erasure, result_store, retention, tryon_pipeline
 from shared.queue import celery_app
 from shared.scanners import ScannerUnavailable
 from shared.storage import StorageUnavailable
-from shared.validation import validate_upload
+from shared.tryons import release_idempotency_keys
+from shared.validation import give_up, validate_upload
 from worker.base import AppTask
 
-TRANSIENT = (StorageUnavailable, ScannerUnavailable, ConnectionError, TimeoutError)
+# Dependencies that come back: storage, clamd, the database (a restart, a killed
+# connection), Redis. The work is idempotent by the state it checks first.
+TRANSIENT = (StorageUnavailable, ScannerUnavailable, ConnectionError, TimeoutError,
+             OperationalError, InterfaceError, RedisConnectionError)
 
 
 @celery_app.task(base=AppTask, bind=True, name="uploads.validate", queue="uploads",
                  autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=120,
                  retry_jitter=True, max_retries=6, time_limit=120, soft_time_limit=100)
 def validate(self: AppTask, upload_id: str) -> str:
-    # A decode that fails is a rejection inside validate_upload, never a retry.
-    return validate_upload(self.svc, upload_id).status
+    # A decode that fails is a rejection inside validate_upload, never a retry. The
+    # task id names the claim: a redelivery of this message takes it over at once.
+    try:
+        return validate_upload(self.svc, upload_id, owner=self.request.id).status
+    except SoftTimeLimitExceeded:
+        return give_up(self.svc, upload_id, "took longer than the time limit").status
 
 
 def _maintenance(name: str):  # type: ignore[no-untyped-def]
@@ -39,7 +51,8 @@ def purge_raw_uploads(self: AppTask) -> int:
 
 @_maintenance("upload_retention")
 def upload_retention(self: AppTask) -> int:
-    return retention.expire_unconfirmed(self.svc) + retention.delete_past_retention(self.svc)
+    return (retention.expire_unconfirmed(self.svc) + retention.delete_past_retention(self.svc)
+            + retention.purge_dead_upload_rows(self.svc))
 
 
 @_maintenance("remove_orphans")
@@ -80,10 +93,12 @@ def tryon_deadline(self: AppTask, job_id: str) -> int:
 
 
 @celery_app.task(base=AppTask, bind=True, name="users.erase", queue="maintenance",
-                 autoretry_for=TRANSIENT, retry_backoff=5, retry_backoff_max=300,
-                 retry_jitter=True, max_retries=10, time_limit=600, soft_time_limit=540)
-def erase_user(self: AppTask, user_id: str) -> dict[str, int]:
-    return erasure.erase_user(self.svc, user_id)
+                 autoretry_for=(*TRANSIENT, erasure.ErasureIncomplete), retry_backoff=5,
+                 retry_backoff_max=300, retry_jitter=True, max_retries=10, time_limit=600,
+                 soft_time_limit=540)
+def erase_user(self: AppTask, erasure_id: str) -> str:
+    # Retries and the beat's resume (maintenance.resume_erasures) both end here.
+    return erasure.erase(self.svc, erasure_id, owner=self.request.id)
 
 
 @_maintenance("reconcile_tryons")
@@ -91,9 +106,17 @@ def reconcile_tryons(self: AppTask) -> int:
     return tryon_pipeline.send(self.svc, tryon_pipeline.reconcile(self.svc))
 
 
+@_maintenance("resume_erasures")
+def resume_erasures(self: AppTask) -> int:
+    return erasure.resume_unfinished(self.svc)
+
+
+@_maintenance("repair_result_tags")
+def repair_result_tags(self: AppTask) -> int:
+    return result_store.repair_tags(self.svc)
+
+
 @_maintenance("tryon_retention")
 def tryon_retention(self: AppTask) -> int:
-    from shared.tryons import release_idempotency_keys
-
     release_idempotency_keys(self.svc)
     return retention.delete_expired_results(self.svc)

@@ -88,11 +88,12 @@ class SpyGateway:
     """The real gateway, with the input URLs of each submit remembered."""
 
     def __init__(self, real: Any) -> None:
-        self.real, self.inputs = real, []
+        self.real, self.inputs, self.options = real, [], []
 
-    def submit(self, arguments: dict[str, Any], webhook_url: str | None) -> str:
+    def submit(self, arguments: dict[str, Any], webhook_url: str | None, **options: Any) -> str:
         self.inputs.append((time.time(), arguments["image_urls"]))
-        return self.real.submit(arguments, webhook_url)
+        self.options.append(options)
+        return self.real.submit(arguments, webhook_url, **options)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -674,8 +675,24 @@ def test_erasure_removes_every_object_and_row_but_keeps_the_audit_trail(
             "user.erased"} <= actions
 
 
-def test_erasure_with_the_broker_down_is_503(client, auth, dispatch):
+def test_erasure_with_the_broker_down_is_accepted_and_resumed_by_the_beat(client, auth, svc,
+                                                                         dispatch):
+    from shared import erasure
+
+    headers = auth("uli")
+    upload = upload_ready(client, headers, ASTRONAUT)
     dispatch.broker_down = True
-    response = client.delete("/v1/me", headers=auth("uli", Accept_Language="es"))
-    assert response.status_code == 503
-    assert response.get_json()["error"]["message"] == MESSAGES["service.unavailable"]["es"]
+    response = client.delete("/v1/me", headers=headers)
+    assert response.status_code == 202
+    body = response.get_json()
+    assert body["status"] == "pending" and body["completedAt"] is None
+    assert client.get("/v1/me/erasure", headers=headers).get_json() == body
+    dispatch.broker_down = False
+    assert erasure.resume_unfinished(svc) == 0  # not due yet: its message may be on the way
+    real_clock = svc.clock
+    svc.clock = lambda: real_clock() + timedelta(seconds=21)
+    assert erasure.resume_unfinished(svc) == 1
+    svc.clock = real_clock
+    done = client.get("/v1/me/erasure", headers=headers).get_json()
+    assert (done["erasureId"], done["status"]) == (body["erasureId"], "done")
+    assert client.get(f"/v1/uploads/{upload['uploadId']}", headers=headers).status_code == 404

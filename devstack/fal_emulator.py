@@ -49,7 +49,12 @@ Knobs (constructor keywords, CLI flags, `configure(**knobs)`, `POST /_emulator/c
   sent, i.e. before the caller knows the request_id); `webhook_late_seconds`;
   `webhook_retry_delays` (a non-2xx or failed delivery is retried after each delay in turn);
   `webhook_on_cancel` (deliver an ERROR webhook for cancelled requests; default off - fal's
-  behaviour there is unconfirmed).
+  behaviour there is unconfirmed);
+- `submit_delay_seconds` (hold a submit's response this long after the job was enqueued: fal
+  has accepted it, the caller does not know yet) and `media_delay_seconds` (hold media
+  downloads): windows for the fault suite to kill a worker in.
+
+Per request, `stats()` reports the webhook URL and start timeout it was submitted with.
 
 Choices where fal's exact behaviour is not documented (the emulator's, not fal's): a
 cancelled request reports COMPLETED with `error_type` "request_cancelled" and its result is
@@ -169,6 +174,10 @@ class EmulatorConfig:
     webhook_late_seconds: float = 3.0
     webhook_retry_delays: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])
     webhook_on_cancel: bool = False
+    # Fault-suite timing knobs: hold the submit response this long after the job was
+    # enqueued (fal accepted it, the caller does not know yet), and media downloads.
+    submit_delay_seconds: float = 0.0
+    media_delay_seconds: float = 0.0
 
     def update(self, knobs: Mapping[str, Any]) -> None:
         """Validate and apply `knobs`; nothing changes when one of them is invalid."""
@@ -200,7 +209,8 @@ def _coerce(key: str, value: Any) -> Any:
         return [str(v) for v in value]
     if key == "webhook_retry_delays":
         return [float(v) for v in value]
-    if key in ("latency_seconds", "queue_seconds", "download_timeout", "webhook_late_seconds"):
+    if key in ("latency_seconds", "queue_seconds", "download_timeout", "webhook_late_seconds",
+               "submit_delay_seconds", "media_delay_seconds"):
         number = float(value)
         if number < 0:
             raise ValueError(f"{key} must be >= 0")
@@ -247,6 +257,7 @@ class _Job:
     submitted_at: float
     seq: int
     priority: str | None = None
+    start_timeout: float | None = None
     start_deadline: float | None = None
     state: str = IN_QUEUE
     started_at: float | None = None
@@ -278,6 +289,8 @@ class _Job:
             "status_calls": self.status_calls,
             "result_calls": self.result_calls,
             "webhook": bool(self.webhook_url),
+            "webhook_url": self.webhook_url,
+            "start_timeout": self.start_timeout,
             "webhook_deliveries": list(self.deliveries),
         }
 
@@ -530,7 +543,8 @@ class _Core:
             timeout = headers.get("x-fal-request-timeout")
             if timeout:
                 with contextlib.suppress(ValueError):
-                    job.start_deadline = now + float(timeout)
+                    job.start_timeout = float(timeout)
+                    job.start_deadline = now + job.start_timeout
             self.jobs[request_id] = job
             self.epoch_ids.add(request_id)
             self.counters["enqueued"] += 1
@@ -940,6 +954,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not _MEDIA_NAME.match(name) or not file.is_file():
             return self._send(404, {"detail": "File not found"})
         core.count("media_downloads")
+        if core.config.media_delay_seconds:
+            time.sleep(core.config.media_delay_seconds)
         suffix = file.suffix.lower()
         ctype = {".jpg": "image/jpeg", ".png": "image/png", ".webp": "image/webp"}.get(suffix,
                                                                                       "application/octet-stream")
@@ -993,6 +1009,9 @@ class _Handler(BaseHTTPRequestHandler):
         job, position = core.enqueue(app, base, arguments, webhook_url, headers)
         if job.webhook_mode == "early":
             core.run_early(job)
+        delay = core.config.submit_delay_seconds
+        if delay:
+            time.sleep(delay)
         if fault == "drop_after_enqueue":
             return self._drop()
         urls = self._urls(job)

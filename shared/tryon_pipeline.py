@@ -364,7 +364,7 @@ def _succeed(svc: Services, job_id: str, attempt: int, rendered: result_store.Re
                 status=JobStatus.SUCCEEDED, result_key=key, thumbnail_key=thumb_key,
                 result_sha256=clean.sha256, result_width=clean.width, result_height=clean.height,
                 completed_at=now, updated_at=now, due_at=None,
-                fal_request_id=job.fal_request_id or request_id,
+                fal_request_id=request_id or job.fal_request_id,
                 delete_after=None if job.favorite else result_deadline(svc, stored_at),
                 result_tags=None if job.favorite else result_store.TEMPORARY)):
             return False

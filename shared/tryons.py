@@ -162,7 +162,9 @@ def set_favorite(svc: Services, user_id: str, job_id: str, favorite: bool) -> Tr
 
 
 def result_deadline(svc: Services, now: datetime) -> datetime:
-    return now + timedelta(days=svc.settings.result_retention_days)
+    """Whole seconds, rounded down: S3 reports (and a lifecycle rule counts from) an
+    object's creation in whole seconds, and the deadline must never come after it."""
+    return now.replace(microsecond=0) + timedelta(days=svc.settings.result_retention_days)
 
 
 def remove(svc: Services, user_id: str, job_id: str, *, reason: str = "user") -> None:

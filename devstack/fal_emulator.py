@@ -52,7 +52,8 @@ Knobs (constructor keywords, CLI flags, `configure(**knobs)`, `POST /_emulator/c
   behaviour there is unconfirmed);
 - `submit_delay_seconds` (hold a submit's response this long after the job was enqueued: fal
   has accepted it, the caller does not know yet) and `media_delay_seconds` (hold media
-  downloads): windows for the fault suite to kill a worker in.
+  downloads): windows for the fault suite to kill a worker in; `webhook_duplicate_seconds`
+  (the delay of "duplicate" mode's second delivery, default 0.2 s).
 
 Per request, `stats()` reports the webhook URL and start timeout it was submitted with.
 
@@ -178,6 +179,9 @@ class EmulatorConfig:
     # enqueued (fal accepted it, the caller does not know yet), and media downloads.
     submit_delay_seconds: float = 0.0
     media_delay_seconds: float = 0.0
+    # "duplicate" mode: the second delivery this long after the first (a long delay
+    # makes it arrive late and out of order, after later attempts of the same job).
+    webhook_duplicate_seconds: float = 0.2
 
     def update(self, knobs: Mapping[str, Any]) -> None:
         """Validate and apply `knobs`; nothing changes when one of them is invalid."""
@@ -210,7 +214,7 @@ def _coerce(key: str, value: Any) -> Any:
     if key == "webhook_retry_delays":
         return [float(v) for v in value]
     if key in ("latency_seconds", "queue_seconds", "download_timeout", "webhook_late_seconds",
-               "submit_delay_seconds", "media_delay_seconds"):
+               "submit_delay_seconds", "media_delay_seconds", "webhook_duplicate_seconds"):
         number = float(value)
         if number < 0:
             raise ValueError(f"{key} must be >= 0")
@@ -764,7 +768,8 @@ class _Core:
             return
         self._deliver_async(job, 0, 0)
         if mode == "duplicate":
-            self.scheduler.call_later(0.2, self._deliver_async, job, 1, 0)
+            self.scheduler.call_later(self.config.webhook_duplicate_seconds, self._deliver_async,
+                                      job, 1, 0)
 
     def _deliver_async(self, job: _Job, chain: int, attempt: int) -> None:
         with contextlib.suppress(RuntimeError):  # pool shut down

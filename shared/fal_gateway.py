@@ -35,6 +35,9 @@ MODEL_ERROR_CODES = {
     "image_load_error": "fal.rejected",
     "file_download_error": "fal.input_unreachable",
 }
+# Model errors a new submission can cure: fal could not fetch our link (storage was
+# throttling, or the link expired while queued), and every attempt signs a fresh one.
+RETRIABLE_MODEL_ERRORS = frozenset({"file_download_error"})
 
 
 # One submit is one short HTTP request; its bound is part of the claim lease
@@ -177,7 +180,8 @@ def classify_http(status: int, headers: dict[str, str], error_type: str | None,
                   model_error: str | None) -> FalFailure:
     lower = {k.lower(): v for k, v in headers.items()}
     if model_error in MODEL_ERROR_CODES:
-        return FalFailure(MODEL_ERROR_CODES[model_error], False, status, model_error)
+        return FalFailure(MODEL_ERROR_CODES[model_error], model_error in RETRIABLE_MODEL_ERRORS,
+                          status, model_error)
     if lower.get("x-fal-retryable", "").lower() == "true":
         return FalFailure("fal.unavailable", True, status, error_type)
     if status == 504 and (error_type == "request_timeout"
@@ -210,7 +214,8 @@ def _model_error_type(response: httpx.Response) -> str | None:
 def classify_completion_error(error_type: str | None) -> FalFailure:
     """A job fal completed with an error (webhook ERROR or COMPLETED+error)."""
     if error_type in MODEL_ERROR_CODES:
-        return FalFailure(MODEL_ERROR_CODES[error_type], False, error_type=error_type)
+        return FalFailure(MODEL_ERROR_CODES[error_type], error_type in RETRIABLE_MODEL_ERRORS,
+                          error_type=error_type)
     if error_type in RETRIABLE_ERROR_TYPES:
         return FalFailure("fal.unavailable", True, error_type=error_type)
     if error_type == "request_timeout":

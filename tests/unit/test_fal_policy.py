@@ -36,6 +36,9 @@ from shared.i18n import MESSAGES
     (404, {}, None, None, "fal.rejected", False),
     (422, {}, None, "content_policy_violation", "fal.content_policy", False),
     (422, {}, None, "image_load_error", "fal.rejected", False),
+    # fal could not fetch our link (storage throttled, link expired while queued):
+    # a new submission signs a fresh one.
+    (422, {}, None, "file_download_error", "fal.input_unreachable", True),
 ])
 def test_http_failures_are_classified(status, headers, error_type, model, code, retriable):
     failure = classify_http(status, headers, error_type, model)
@@ -46,6 +49,7 @@ def test_completion_errors_are_classified():
     assert classify_completion_error("content_policy_violation").code == "fal.content_policy"
     assert classify_completion_error("runner_disconnected").retriable
     assert not classify_completion_error("something_new").retriable
+    assert classify_completion_error("file_download_error").retriable
 
 
 def test_every_job_code_has_messages_in_both_locales():

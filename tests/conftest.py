@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/integration/" in str(item.fspath) or "/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+class WorkerDied(BaseException):  # noqa: N818 - it is not an error the code handles
+    """Stands in for SIGKILL in tests that run a step in-process: a BaseException the
+    code under test does not catch, so nothing after it runs (tests/faults kills real
+    processes)."""
+
+
+def shift_clock(svc: Services, seconds: float) -> None:
+    """Move the services' clock forward (leases, deadlines and due times end)."""
+    real = svc.clock
+    svc.clock = lambda: real() + timedelta(seconds=seconds)
 
 
 def fixture_bytes(name: str) -> bytes:

@@ -6,7 +6,6 @@ no idempotency record. Real PostgreSQL, Redis, LocalStack S3 and the fal emulato
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,7 +18,7 @@ from shared.i18n import MESSAGES
 from shared.keys import user_prefixes
 from shared.models import AuditEvent, ErasureRequest, TryOn, Upload
 from shared.storage import StorageUnavailable
-from tests.conftest import fixture_bytes
+from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_tryons import (
     job_row,
     ready_job,
@@ -40,10 +39,6 @@ def rows_of(svc, user_id: str) -> int:
         return sum(session.scalar(select(func.count()).select_from(model)
                                   .where(model.user_id == user_id)) for model in (Upload, TryOn))
 
-
-def shift_clock(svc, seconds: float) -> None:
-    real = svc.clock
-    svc.clock = lambda: real() + timedelta(seconds=seconds)
 
 
 def a_user_with_everything(client, auth, svc, dispatch, emulator, user: str) -> dict[str, Any]:
@@ -200,9 +195,6 @@ def test_storage_and_database_errors_are_retried_until_done(client, auth, svc, d
 
 def test_a_run_whose_worker_died_is_resumed_when_its_lease_ends(client, auth, svc, dispatch,
                                                                 monkeypatch):
-    class WorkerDied(BaseException):  # noqa: N818 - stands in for SIGKILL
-        pass
-
     headers = auth("eli")
     upload_ready(client, headers, ASTRONAUT)
 

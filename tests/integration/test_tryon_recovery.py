@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from devstack.procs import wait_until
 from shared import tryon_pipeline as tp
 from shared.models import TryOn
-from tests.conftest import fixture_bytes
+from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_tryons import (
     job_row,
     start_job,
@@ -29,9 +29,6 @@ from tests.integration.test_upload_flow import upload_ready
 
 ASTRONAUT = fixture_bytes("astronaut.jpg")
 
-
-class WorkerDied(BaseException):  # noqa: N818 - it is not an error the code handles
-    """Stands in for SIGKILL: nothing after it runs."""
 
 
 class DyingGateway:
@@ -62,10 +59,6 @@ class DyingGateway:
 def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels or None) or 0.0
 
-
-def shift_clock(svc, seconds: float) -> None:
-    real = svc.clock
-    svc.clock = lambda: real() + timedelta(seconds=seconds)
 
 
 def queued_job(client, auth, dispatch, user: str) -> str:

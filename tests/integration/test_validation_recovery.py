@@ -6,7 +6,6 @@ as a SIGKILL looks from the database (tests/faults kills real processes)."""
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,14 +19,11 @@ from shared.keys import sanitized_key
 from shared.models import AuditEvent, Upload
 from shared.storage import ObjectMissing, StorageUnavailable
 from shared.validation import MAX_CRASHES, validate_upload
-from tests.conftest import fixture_bytes
+from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_upload_flow import presign, put
 
 ASTRONAUT = fixture_bytes("astronaut.jpg")
 
-
-class WorkerDied(BaseException):  # noqa: N818 - not an error the code handles
-    """Stands in for SIGKILL: nothing after it runs."""
 
 
 class Scanner:
@@ -64,10 +60,6 @@ def events(svc, upload_id: str, action: str) -> int:
         return session.scalar(select(func.count()).select_from(AuditEvent).where(
             AuditEvent.subject_id == upload_id, AuditEvent.action == action))
 
-
-def shift_clock(svc, seconds: float) -> None:
-    real = svc.clock
-    svc.clock = lambda: real() + timedelta(seconds=seconds)
 
 
 def crash(svc, upload_id: str, owner: str) -> None:

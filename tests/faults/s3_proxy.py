@@ -134,6 +134,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, status: int, headers: dict[str, str], data: bytes, *,
                 keep_length: bool = False) -> None:
+        try:
+            self._write(status, headers, data, keep_length)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away (a killed worker, say)
+
+    def _write(self, status: int, headers: dict[str, str], data: bytes,
+               keep_length: bool) -> None:
         self.send_response(status)
         for key, value in headers.items():
             if key.lower() == "content-length" and not keep_length:

@@ -130,3 +130,21 @@ def test_validation_that_never_finishes_is_given_up(client, auth, svc, settings,
     assert body["rejection"]["code"] == "upload.validation_failed"
     with pytest.raises(ObjectMissing):  # its URL expired long ago: no placeholder needed
         svc.storage.head(settings.uploads_bucket, issued["key"])
+
+
+def test_rows_of_uploads_long_gone_are_purged_but_the_audit_trail_stays(client, auth, svc,
+                                                                        settings):
+    body = upload_ready(client, auth("noa"), ASTRONAUT)
+    live = upload_ready(client, auth("noa"), ASTRONAUT)
+    assert client.delete(f"/v1/uploads/{body['uploadId']}", headers=auth("noa")).status_code == 204
+    at(svc, timedelta(seconds=settings.presign_ttl_seconds + settings.raw_purge_margin_seconds + 1))
+    retention.purge_raw_objects(svc)  # the placeholder goes once the URL expired
+    assert retention.purge_dead_upload_rows(svc) == 0  # still readable as `deleted` for a week
+    at(svc, retention.DEAD_ROW_RETENTION)
+    assert retention.purge_dead_upload_rows(svc) == 1
+    assert row(svc, body["uploadId"]) is None
+    assert row(svc, live["uploadId"]).status == "ready"
+    assert client.get(f"/v1/uploads/{body['uploadId']}", headers=auth("noa")).status_code == 404
+    with svc.sessions() as session:
+        assert session.scalars(select(AuditEvent.action).where(
+            AuditEvent.subject_id == body["uploadId"], AuditEvent.action == "upload.deleted")).one()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, current_app, g, request
 
-from shared.auth import TokenError, TokenVerifier
+from shared.auth import KeysUnavailable, TokenError, TokenVerifier
 from shared.errors import AppError
 from shared.observability import (
     accept_or_make_correlation_id,
@@ -64,6 +64,9 @@ def _authenticate(verifier: TokenVerifier) -> str:
         return verifier.verify(token.strip()).user_id
     except TokenError as exc:
         raise AppError(exc.code) from None
+    except KeysUnavailable:
+        # Our side cannot check tokens now: retriable, so the app keeps its session.
+        raise AppError("service.unavailable", retry_after=30) from None
 
 
 def services() -> Services:

@@ -22,7 +22,7 @@ from shared.storage import StorageUnavailable
 log = logging.getLogger(__name__)
 
 _HTTP_CODES = {401: "auth.missing_token", 404: "request.not_found",
-               405: "request.method_not_allowed", 413: "upload.too_large",
+               405: "request.method_not_allowed", 413: "request.too_large",
                415: "upload.unsupported_type", 422: "request.invalid",
                400: "request.invalid"}
 
@@ -31,7 +31,12 @@ def request_locale() -> str:
     """The request's `locale` field, else Accept-Language, else English."""
     explicit = request.args.get("locale")
     if explicit is None and request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except HTTPException:
+            # A body over the size limit: reading it again raises 413 here too, and
+            # the answer must still be ours. Accept-Language decides.
+            body = None
         if isinstance(body, dict) and isinstance(body.get("locale"), str):
             explicit = body["locale"]
     return (normalize_locale(explicit)

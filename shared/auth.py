@@ -1,10 +1,11 @@
 """Bearer-token verification (PyJWT).
 
 Production: RS256/EdDSA tokens from the app's auth server (Better Auth's JWT
-plugin), keys fetched from its JWKS URL and cached by PyJWKClient, issuer and
-audience required. Development: HS256 with a local secret. `alg: none` and any
-algorithm outside the configured set are refused by PyJWT itself because we
-always pass an explicit algorithm list.
+plugin), keys from its JWKS URL kept by shared/jwks.py (its refresh policy is
+ours), issuer and audience required. Development: HS256 with a local secret.
+`alg: none` and any algorithm outside the configured set are refused by PyJWT
+itself because we always pass an explicit algorithm list; the key's own type
+decides the algorithm, so an RSA public key is never taken as an HMAC secret.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ from typing import Any
 import jwt
 
 from shared.config import Settings
+from shared.jwks import JwksCache, KeysUnavailable
 from shared.keys import USER_ID
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "EdDSA"]
 JWKS_CACHE_SECONDS = 300
+# An unknown `kid` makes us fetch the JWKS again at most this often.
+JWKS_REFETCH_SECONDS = 60
 LEEWAY_SECONDS = 30
+# Far above any real token; a bigger one is refused before it is parsed.
+MAX_TOKEN_BYTES = 8192
+
+__all__ = ["KeysUnavailable", "Principal", "TokenError", "TokenVerifier", "issue_dev_token"]
 
 
 class TokenError(Exception):
@@ -37,12 +45,15 @@ class Principal:
 class TokenVerifier:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._jwks: jwt.PyJWKClient | None = None
+        self._jwks: JwksCache | None = None
         if settings.jwt_jwks_url:
-            self._jwks = jwt.PyJWKClient(settings.jwt_jwks_url, cache_keys=True,
-                                         lifespan=JWKS_CACHE_SECONDS, timeout=5)
+            self._jwks = JwksCache(settings.jwt_jwks_url, max_age=JWKS_CACHE_SECONDS,
+                                   min_refetch=JWKS_REFETCH_SECONDS)
 
     def verify(self, token: str) -> Principal:
+        """The caller, or TokenError; KeysUnavailable when the JWKS cannot be had."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise TokenError("auth.invalid_token")
         try:
             claims = self._decode(token)
         except jwt.ExpiredSignatureError:
@@ -51,7 +62,7 @@ class TokenVerifier:
             raise TokenError("auth.invalid_token") from None
         sub = claims.get("sub")
         # The user id becomes part of object keys: validate before any use.
-        if not isinstance(sub, str) or not USER_ID.match(sub):
+        if not isinstance(sub, str) or not USER_ID.fullmatch(sub):
             raise TokenError("auth.invalid_token")
         return Principal(user_id=sub)
 
@@ -61,8 +72,14 @@ class TokenVerifier:
         header = jwt.get_unverified_header(token)
         alg = header.get("alg")
         if self._jwks is not None and alg in ASYMMETRIC_ALGORITHMS:
-            key = self._jwks.get_signing_key_from_jwt(token).key
-            return jwt.decode(token, key, algorithms=ASYMMETRIC_ALGORITHMS,
+            kid = header.get("kid")
+            key = self._jwks.key_for(kid if isinstance(kid, str) else None)
+            if key is None:
+                if self._jwks.last_fetch_failed:
+                    raise KeysUnavailable(self._jwks.url)  # it may be a key we cannot see yet
+                raise jwt.InvalidKeyError("unknown key")
+            # The key's algorithm, not the token's claim of one.
+            return jwt.decode(token, key.key, algorithms=[key.algorithm_name],
                               audience=s.jwt_audience or None, issuer=s.jwt_issuer or None,
                               leeway=LEEWAY_SECONDS, options=options)
         if s.jwt_dev_secret and alg == "HS256":
@@ -76,7 +93,7 @@ def issue_dev_token(settings: Settings, user_id: str, ttl_seconds: int = 7 * 24 
     """A development token the local stack accepts (HS256 with the dev secret)."""
     if not settings.jwt_dev_secret:
         raise RuntimeError("no development secret configured (production refuses HS256)")
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise ValueError("user id must match [A-Za-z0-9_-]{1,64}")
     now = int(time.time())
     claims: dict[str, object] = {"sub": user_id, "iat": now, "exp": now + ttl_seconds}

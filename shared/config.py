@@ -85,7 +85,7 @@ class Settings:
     fal_queue_host: str = _env("FAL_QUEUE_HOST", "", "fal queue host[:port] (empty = fal's own, "
                                "queue.fal.run); the dev stack points it at the emulator.")
     fal_webhook_jwks_url: str = _env("FAL_WEBHOOK_JWKS_URL",
-                                     "https://rest.alpha.fal.ai/.well-known/jwks.json",
+                                     "https://rest.fal.ai/.well-known/jwks.json",
                                      "JWKS whose Ed25519 keys sign fal's webhooks.")
     fal_media_hosts: str = _env("FAL_MEDIA_HOSTS", "fal.media,v3.fal.media,v3b.fal.media",
                                 "Comma-separated hosts results may be downloaded from.")

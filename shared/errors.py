@@ -20,6 +20,7 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "auth.expired_token": ErrorKind(401),
     "request.invalid": ErrorKind(422),
     "request.not_found": ErrorKind(404),
+    "request.too_large": ErrorKind(413),
     "request.method_not_allowed": ErrorKind(405),
     "upload.not_found": ErrorKind(404),
     "upload.object_missing": ErrorKind(404, retriable=True),

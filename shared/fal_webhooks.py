@@ -18,11 +18,13 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from shared.jwks import Fetch, JwksCache, KeysUnavailable, http_fetch
+
 TIMESTAMP_TOLERANCE_SECONDS = 300
+# fal documents: cache its keys for at most 24 h.
 JWKS_CACHE_SECONDS = 24 * 3600
 # After a signature fails against the cached keys, fetch the set again at most this
 # often (fal may have rotated its keys; a forger must not make us hammer the JWKS).
@@ -68,10 +70,9 @@ class SignedDelivery:
 
 
 class FalWebhookVerifier:
-    def __init__(self, jwks_url: str) -> None:
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_jwk_set=True, lifespan=JWKS_CACHE_SECONDS,
-                                     timeout=5)
-        self._last_refresh = 0.0
+    def __init__(self, jwks_url: str, fetch: Fetch = http_fetch) -> None:
+        self._jwks = JwksCache(jwks_url, max_age=JWKS_CACHE_SECONDS,
+                               min_refetch=JWKS_REFRESH_INTERVAL_SECONDS, fetch=fetch)
 
     def verify(self, delivery: SignedDelivery, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -89,10 +90,9 @@ class FalWebhookVerifier:
                              hashlib.sha256(delivery.body).hexdigest()]).encode()
         if self._verifies(self._keys(), signature, message):
             return
-        if time.monotonic() - self._last_refresh > JWKS_REFRESH_INTERVAL_SECONDS:
-            self._last_refresh = time.monotonic()
-            if self._verifies(self._keys(refresh=True), signature, message):
-                return
+        # fal may have rotated its keys: one refetch (rate-limited by the cache).
+        if self._verifies(self._keys(refresh=True), signature, message):
+            return
         raise WebhookRejected("signature")
 
     @staticmethod
@@ -108,7 +108,7 @@ class FalWebhookVerifier:
     def _keys(self, refresh: bool = False) -> list[Ed25519PublicKey]:
         # All Ed25519 keys of the set: fal may rotate, and its keys need not carry a kid.
         try:
-            keys = self._jwks.get_jwk_set(refresh=refresh).keys
-        except jwt.PyJWKClientError:
+            keys = self._jwks.keys(refresh=refresh)
+        except KeysUnavailable:
             raise VerifierUnavailable("jwks unavailable") from None
         return [k.key for k in keys if isinstance(k.key, Ed25519PublicKey)]

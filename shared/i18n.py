@@ -26,6 +26,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "Some fields of the request are missing or not valid.",
         "es": "Faltan campos de la solicitud o no son válidos.",
     },
+    "request.too_large": {
+        "en": "This request is too large.",
+        "es": "Esta solicitud es demasiado grande.",
+    },
     "request.not_found": {
         "en": "This address does not exist.",
         "es": "Esta dirección no existe.",

@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 import uuid
 
-USER_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# Matched whole (fullmatch): `$` would also match before a final newline.
+USER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EXTENSIONS = {
     "image/jpeg": "jpg",
     "image/png": "png",
@@ -15,9 +16,9 @@ EXTENSIONS = {
 }
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 RAW_KEY = re.compile(
-    rf"^uploads/(?P<user>[A-Za-z0-9_-]{{1,64}})/(?P<id>{_UUID})\.(?:jpg|png|webp|heic|heif)$")
-SANITIZED_KEY = re.compile(rf"^sanitized/[A-Za-z0-9_-]{{1,64}}/{_UUID}\.jpg$")
-RESULT_KEY = re.compile(rf"^results/[A-Za-z0-9_-]{{1,64}}/{_UUID}(?:_thumb)?\.jpg$")
+    rf"uploads/(?P<user>[A-Za-z0-9_-]{{1,64}})/(?P<id>{_UUID})\.(?:jpg|png|webp|heic|heif)")
+SANITIZED_KEY = re.compile(rf"sanitized/[A-Za-z0-9_-]{{1,64}}/{_UUID}\.jpg")
+RESULT_KEY = re.compile(rf"results/[A-Za-z0-9_-]{{1,64}}/{_UUID}(?:_thumb)?\.jpg")
 # Every object of one user lives under these prefixes (bucket setting, prefix).
 USER_PREFIXES = (("uploads_bucket", "uploads/{user}/"), ("uploads_bucket", "sanitized/{user}/"),
                  ("processed_bucket", "results/{user}/"))
@@ -28,7 +29,7 @@ class InvalidKey(ValueError):
 
 
 def check_user_id(user_id: str) -> str:
-    if not USER_ID.match(user_id):
+    if not USER_ID.fullmatch(user_id):
         raise InvalidKey("user id outside [A-Za-z0-9_-]{1,64}")
     return user_id
 
@@ -55,11 +56,11 @@ def user_prefixes(user_id: str) -> list[tuple[str, str]]:
 
 def parse_raw_key(key: str) -> tuple[str, str] | None:
     """(user id, upload id) of a well-formed raw key, else None."""
-    match = RAW_KEY.match(key)
+    match = RAW_KEY.fullmatch(key)
     return (match["user"], match["id"]) if match else None
 
 
 def _checked(key: str, pattern: re.Pattern[str]) -> str:
-    if not pattern.match(key):
+    if not pattern.fullmatch(key):
         raise InvalidKey("key outside the whitelist")
     return key

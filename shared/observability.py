@@ -34,7 +34,7 @@ _SECRET_PARAM = re.compile(
 )
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 REDACTED = "[redacted]"
-_CORRELATION_ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_CORRELATION_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # matched whole
 
 
 def redact(text: str) -> str:
@@ -70,7 +70,7 @@ def reset_correlation_id(token: contextvars.Token[str | None]) -> None:
 
 def accept_or_make_correlation_id(candidate: str | None) -> str:
     """Take a client's X-Request-ID only if it is a harmless token; else mint one."""
-    if candidate and _CORRELATION_ID_OK.match(candidate):
+    if candidate and _CORRELATION_ID_OK.fullmatch(candidate):
         return candidate
     return uuid.uuid4().hex
 

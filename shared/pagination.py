@@ -50,17 +50,22 @@ def encode_cursor(created_at: datetime, row_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Only what encode_cursor makes: an aware timestamp and a row id (the cursor comes
+    from the client, so anything else is a 422, never a query that fails)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, row_id = json.loads(raw)
-        return datetime.fromisoformat(created), str(row_id)
-    except (ValueError, TypeError, binascii.Error):
+        created_text, row_id = json.loads(raw)
+        created = datetime.fromisoformat(created_text)
+    except (ValueError, TypeError, binascii.Error, RecursionError):
         raise AppError("request.invalid", detail="bad cursor") from None
+    if created.tzinfo is None or not isinstance(row_id, str) or not is_uuid(row_id):
+        raise AppError("request.invalid", detail="bad cursor")
+    return created, row_id
 
 
 def is_uuid(value: str) -> bool:
+    """The canonical form only (uuid.UUID also takes braces, urn: and no dashes)."""
     try:
-        uuid.UUID(value)
-    except ValueError:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, TypeError, AttributeError):
         return False
-    return True

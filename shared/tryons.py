@@ -53,8 +53,6 @@ def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None
     key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest() if idempotency_key else None
     if key_hash and (existing := _by_idempotency_key(svc, user_id, key_hash)):
         return existing
-    if charge is not None:
-        charge()
     now = svc.clock()
     # Due at once: if its message is lost, the reconciler sends it again.
     job = TryOn(id=str(uuid.uuid4()), user_id=user_id, upload_id=upload.id,
@@ -64,6 +62,8 @@ def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None
     try:
         with svc.sessions.begin() as session:
             refuse_while_erasing(session, user_id)
+            if charge is not None:
+                charge()
             session.add(job)
             audit.record(session, at=now, user_id=user_id, action="tryon.created",
                          subject_type="try_on", subject_id=job.id, upload_id=upload.id,

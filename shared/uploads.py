@@ -42,8 +42,11 @@ class IssuedUpload:
 
 
 def presign(svc: Services, user_id: str, *, content_type: str, content_length: int,
-            checksum: str | None) -> IssuedUpload:
-    """Record the issuance, then sign a single-use PUT for exactly these bytes."""
+            checksum: str | None, charge: Callable[[], None] | None = None) -> IssuedUpload:
+    """Record the issuance, then sign a single-use PUT for exactly these bytes.
+
+    `charge` (the daily quota) runs only for a request that will be issued: a bad
+    one, or one refused during an erasure, costs nothing."""
     s = svc.settings
     if content_type not in EXTENSIONS:
         raise AppError("upload.unsupported_type")
@@ -67,6 +70,8 @@ def presign(svc: Services, user_id: str, *, content_type: str, content_length: i
     # Core INSERTs on a plain connection: this is the hot path of the API.
     with svc.engine.begin() as conn:
         refuse_while_erasing(conn, user_id)
+        if charge is not None:
+            charge()
         conn.execute(insert(Upload).values(
             id=upload.id, user_id=user_id, key=upload.key, content_type=content_type,
             declared_size=content_length, declared_checksum=checksum, status=upload.status,

@@ -39,9 +39,10 @@ class Presign(MethodView):
     @blp.response(201, PresignResponseSchema)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Issue a single-use presigned PUT for one selfie"""
-        quotas().consume_presign(current_user_id())
-        issued = uploads.presign(services(), current_user_id(), content_type=body["contentType"],
-                                 content_length=body["contentLength"], checksum=body["checksum"])
+        user_id = current_user_id()
+        issued = uploads.presign(services(), user_id, content_type=body["contentType"],
+                                 content_length=body["contentLength"], checksum=body["checksum"],
+                                 charge=lambda: quotas().consume_presign(user_id))
         return {"uploadId": issued.upload.id, "key": issued.upload.key,
                 "uploadUrl": issued.put.url, "method": "PUT", "headers": issued.put.headers,
                 "expiresAt": issued.upload.url_expires_at, "maxBytes": issued.max_bytes}

@@ -15,6 +15,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from shared.media_hosts import MediaHosts
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Development-only HS256 secret shared by `hairfluencer dev` and `hairfluencer token`
 # of one checkout; git-ignored. Production never reads it (see _dev_secret).
@@ -87,8 +89,13 @@ class Settings:
     fal_webhook_jwks_url: str = _env("FAL_WEBHOOK_JWKS_URL",
                                      "https://rest.fal.ai/.well-known/jwks.json",
                                      "JWKS whose Ed25519 keys sign fal's webhooks.")
-    fal_media_hosts: str = _env("FAL_MEDIA_HOSTS", "fal.media,v3.fal.media,v3b.fal.media",
-                                "Comma-separated hosts results may be downloaded from.")
+    fal_media_hosts: str = _env("FAL_MEDIA_HOSTS", "fal.media,*.fal.media",
+                                "Comma-separated hosts results may be downloaded from "
+                                "(`*.` = any subdomain; `host:port` for another port).")
+    fal_media_expiration_seconds: int = _env("FAL_MEDIA_EXPIRATION_SECONDS", "3600",
+                                             "fal deletes a result's output media from its "
+                                             "CDN this long after the request (we copy it "
+                                             "within seconds); payloads are not stored there.")
     public_base_url: str = _env("PUBLIC_BASE_URL", "", "Public base URL of this API; when set, "
                                 "fal completes jobs by webhook, else by polling.")
     webhook_secret: str = _env("WEBHOOK_SECRET", "", "HMAC key for the job token in webhook URLs "
@@ -131,8 +138,8 @@ class Settings:
                                        "a runaway decode fails inside its task; 0 = none.")
 
     @property
-    def media_hosts(self) -> frozenset[str]:
-        return frozenset(h.strip().lower() for h in self.fal_media_hosts.split(",") if h.strip())
+    def media_hosts(self) -> MediaHosts:
+        return MediaHosts.parse(self.fal_media_hosts)
 
     @property
     def is_production(self) -> bool:
@@ -223,6 +230,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("HAIRFLUENCER_ENV must be development or production")
     if not 1 <= s.presign_ttl_seconds <= 300:
         raise ConfigError("PRESIGN_TTL_SECONDS must be between 1 and 300")
+    if not 60 <= s.fal_media_expiration_seconds <= 7 * 24 * 3600:
+        raise ConfigError("FAL_MEDIA_EXPIRATION_SECONDS must be between 60 and 604800")
     if s.fal_in_doubt_seconds < 15:
         # The claim lease must outlive a submit call that is still in flight.
         raise ConfigError("FAL_IN_DOUBT_SECONDS must be at least 15")

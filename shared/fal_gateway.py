@@ -9,6 +9,7 @@ HTTP request, and classify failures ourselves (SPEC §5).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -35,9 +36,17 @@ MODEL_ERROR_CODES = {
     "image_load_error": "fal.rejected",
     "file_download_error": "fal.input_unreachable",
 }
+# Model-level error types fal documents as transient (its errors page), and what the
+# app sees for them: a new submission may well succeed.
+TRANSIENT_MODEL_ERRORS = frozenset({"internal_server_error", "generation_timeout",
+                                    "downstream_service_error",
+                                    "downstream_service_unavailable"})
 # Model errors a new submission can cure: fal could not fetch our link (storage was
 # throttling, or the link expired while queued), and every attempt signs a fresh one.
 RETRIABLE_MODEL_ERRORS = frozenset({"file_download_error"})
+# fal's retry hint: `X-Fal-Needs-Retry` on the current errors page, `X-Fal-Retryable`
+# on the older one; either says true.
+RETRY_HEADERS = ("x-fal-needs-retry", "x-fal-retryable")
 
 
 # One submit is one short HTTP request; its bound is part of the claim lease
@@ -96,6 +105,14 @@ class FalClientGateway:
         if settings.fal_queue_host:
             fal_http.QUEUE_URL_FORMAT = f"https://{settings.fal_queue_host}/"
         self._key = settings.fal_key or None
+        # fal's retention, per request (its data retention / media expiration pages):
+        # the output media expire soon after we copied them, and the request's payload
+        # (prompt, our signed link, the output link) is not kept in its history.
+        self._retention_headers = {
+            "X-Fal-Object-Lifecycle-Preference": json.dumps(
+                {"expiration_duration_seconds": settings.fal_media_expiration_seconds}),
+            "X-Fal-Store-IO": "0",
+        }
         # One SyncClient per thread: a client shared by threads was seen to break its
         # own connections under load (Bad file descriptor, SSL record errors).
         self._local = threading.local()
@@ -114,6 +131,7 @@ class FalClientGateway:
         started the request by then it drops it, unbilled, with a 504."""
         handle = _call(lambda: self._client.submit(self.model, arguments,
                                                    webhook_url=webhook_url,
+                                                   headers=self._retention_headers,
                                                    start_timeout=start_timeout), sending=True)
         return str(handle.request_id)
 
@@ -125,6 +143,10 @@ class FalClientGateway:
         return FalStatus(False)
 
     def result(self, request_id: str) -> FalResult:
+        """The output of a COMPLETED request. fal-client's result() would wait (poll,
+        without end) for one that is not: we look first, and say so if it is not done."""
+        if not self.status(request_id).completed:
+            raise FalFailure("fal.unavailable", retriable=True, error_type="not completed")
         try:
             output = _call(lambda: self._client.result(self.model, request_id))
         except FalFailure as failure:
@@ -182,8 +204,9 @@ def classify_http(status: int, headers: dict[str, str], error_type: str | None,
     if model_error in MODEL_ERROR_CODES:
         return FalFailure(MODEL_ERROR_CODES[model_error], model_error in RETRIABLE_MODEL_ERRORS,
                           status, model_error)
-    if lower.get("x-fal-retryable", "").lower() == "true":
-        return FalFailure("fal.unavailable", True, status, error_type)
+    if model_error in TRANSIENT_MODEL_ERRORS or any(
+            lower.get(h, "").lower() == "true" for h in RETRY_HEADERS):
+        return FalFailure("fal.unavailable", True, status, model_error or error_type)
     if status == 504 and (error_type == "request_timeout"
                           or lower.get(fal_http.REQUEST_TIMEOUT_TYPE_HEADER.lower())):
         # Our own X-Fal-Request-Timeout expired: fal says do not retry.
@@ -216,7 +239,7 @@ def classify_completion_error(error_type: str | None) -> FalFailure:
     if error_type in MODEL_ERROR_CODES:
         return FalFailure(MODEL_ERROR_CODES[error_type], error_type in RETRIABLE_MODEL_ERRORS,
                           error_type=error_type)
-    if error_type in RETRIABLE_ERROR_TYPES:
+    if error_type in RETRIABLE_ERROR_TYPES or error_type in TRANSIENT_MODEL_ERRORS:
         return FalFailure("fal.unavailable", True, error_type=error_type)
     if error_type == "request_timeout":
         return FalFailure("fal.timeout", False, error_type=error_type)

@@ -33,7 +33,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import or_, select, update
@@ -156,6 +155,8 @@ def _submit(svc: Services, job: TryOn, upload: Upload, now: datetime) -> list[Fo
                                                expires_in=SIGNED_INPUT_TTL_SECONDS)],
         "num_images": 1,
         "output_format": "jpeg",
+        # One image is asked for; fal is not to generate (and bill) more.
+        "limit_generations": True,
     }
     start_timeout = _start_timeout(svc, job, now)
     lease_end = now + timedelta(seconds=s.fal_in_doubt_seconds)
@@ -266,8 +267,10 @@ class Completion:
     error_type: str | None = None
 
     def as_task_args(self) -> dict[str, Any]:
-        return {"ok": self.ok, "request_id": self.request_id, "output": self.output,
-                "error_type": self.error_type}
+        """Without the output: its image links are public URLs of a user's face, and
+        task arguments show in Flower and in failure logs. The worker fetches the
+        result from fal by its request id instead."""
+        return {"ok": self.ok, "request_id": self.request_id, "error_type": self.error_type}
 
 
 def complete(svc: Services, job_id: str, attempt: int, completion: Completion) -> list[FollowUp]:
@@ -275,11 +278,14 @@ def complete(svc: Services, job_id: str, attempt: int, completion: Completion) -
     if job is None or job.status != JobStatus.PROCESSING or attempt > job.attempt:
         log.info("ignoring completion for job %s attempt %d (stale or duplicate)", job_id, attempt)
         return []
+    # The attempt (bound to the webhook URL by our HMAC token) names the submission;
+    # once its request id is known, the (signed) id of the completion must be it.
     superseded = attempt < job.attempt
     if superseded and not completion.ok:
         return []  # an earlier attempt's failure: that attempt was retried already
     if (not superseded and job.fal_request_id and completion.request_id
             and job.fal_request_id != completion.request_id):
+        log.warning("completion for job %s names another request; ignored", job_id)
         return []
     if not completion.ok:
         return _after_failure(svc, job.id, attempt, classify_completion_error(completion.error_type))
@@ -298,7 +304,12 @@ def complete(svc: Services, job_id: str, attempt: int, completion: Completion) -
         failure = FalFailure("fal.bad_result", retriable=False, error_type=bad.detail)
         return [] if superseded else _after_failure(svc, job.id, attempt, failure)
     except FalFailure as failure:
-        return [] if superseded else _after_failure(svc, job.id, attempt, failure)
+        if superseded:
+            return []
+        if failure.retriable and request_id:
+            # The result is there, we could not fetch it: ask again, do not resubmit.
+            return [FollowUp(POLL_TASK, (job.id, attempt, False), svc.settings.fal_poll_seconds)]
+        return _after_failure(svc, job.id, attempt, failure)
     if _succeed(svc, job.id, attempt, rendered, request_id) and superseded:
         # A submission presumed lost (its claimant died) finished after all, while a
         # later attempt was sent: that one is not needed any more.
@@ -321,11 +332,8 @@ def _media_client() -> httpx.Client:
 
 
 def _download(svc: Services, url: str) -> bytes:
-    """Only from fal's media hosts, over HTTPS, size-capped, no redirects."""
-    parts = urlsplit(url)
-    allowed = svc.settings.media_hosts
-    host_ok = (parts.hostname or "").lower() in allowed or parts.netloc.lower() in allowed
-    if parts.scheme != "https" or not host_ok:
+    """Only from fal's media hosts (shared/media_hosts.py), size-capped, no redirects."""
+    if not svc.settings.media_hosts.allows(url):
         raise FalFailure("fal.bad_result", retriable=False, error_type="host not allowed")
     limit = svc.settings.result_max_bytes
     try:
@@ -433,15 +441,26 @@ def poll(svc: Services, job_id: str, attempt: int, *, reschedule: bool = True) -
         if not status.completed:
             return again
         if status.error or status.error_type:
-            completion = Completion(False, job.fal_request_id, error_type=status.error_type)
-        else:
-            output = svc.fal.result(job.fal_request_id)
-            completion = Completion(True, job.fal_request_id,
-                                    output={"images": [{"url": u} for u in output.image_urls]})
+            return _after_failure(svc, job.id, attempt, _failure_of(svc, job.fal_request_id,
+                                                                   status.error_type))
+        output = svc.fal.result(job.fal_request_id)
     except FalFailure as failure:
-        # A status check that failed in transit is simply made again later.
+        # A check that failed in transit is simply made again later.
         return again if failure.retriable else _after_failure(svc, job.id, attempt, failure)
+    completion = Completion(True, job.fal_request_id,
+                            output={"images": [{"url": u} for u in output.image_urls]})
     return complete(svc, job_id, attempt, completion)
+
+
+def _failure_of(svc: Services, request_id: str, error_type: str | None) -> FalFailure:
+    """Why a request fal COMPLETED with an error failed: the result body carries the
+    model's error detail (a type the status does not name), so it is asked for."""
+    try:
+        svc.fal.result(request_id)
+    except FalFailure as failure:
+        if failure.status is not None:  # fal answered: its error, classified
+            return failure
+    return classify_completion_error(error_type)
 
 
 def enforce_deadline(svc: Services, job_id: str) -> list[FollowUp]:
@@ -505,9 +524,11 @@ def reconcile(svc: Services) -> list[FollowUp]:
 
 # --- webhooks -----------------------------------------------------------------------
 
-def completion_from_webhook(body: dict[str, Any]) -> Completion:
-    """fal's webhook body: {request_id, status: OK|ERROR, payload, error?}."""
-    request_id = body.get("request_id")
+def completion_from_webhook(body: dict[str, Any], signed_request_id: str | None = None
+                            ) -> Completion:
+    """fal's webhook body: {request_id, gateway_request_id?, status: OK|ERROR, payload,
+    error?}; the request id is the signed header's when there is one."""
+    request_id = signed_request_id or body.get("request_id")
     payload = body.get("payload")
     if body.get("status") == "OK":
         return Completion(True, request_id, output=payload)

@@ -55,7 +55,11 @@ Knobs (constructor keywords, CLI flags, `configure(**knobs)`, `POST /_emulator/c
   downloads): windows for the fault suite to kill a worker in; `webhook_duplicate_seconds`
   (the delay of "duplicate" mode's second delivery, default 0.2 s).
 
-Per request, `stats()` reports the webhook URL and start timeout it was submitted with.
+Per request, `stats()` reports the webhook URL and start timeout it was submitted with, and
+the retention asked for. Like fal, the emulator honours `X-Fal-Object-Lifecycle-Preference`
+(`{"expiration_duration_seconds": N}`: the request's media files are deleted N seconds after
+it completed, then 404) and `X-Fal-Store-IO: 0` (the payload is dropped once it completed);
+a result answers 404 `result_retention_seconds` (default 3600) after completion.
 
 Choices where fal's exact behaviour is not documented (the emulator's, not fal's): a
 cancelled request reports COMPLETED with `error_type` "request_cancelled" and its result is
@@ -182,6 +186,8 @@ class EmulatorConfig:
     # "duplicate" mode: the second delivery this long after the first (a long delay
     # makes it arrive late and out of order, after later attempts of the same job).
     webhook_duplicate_seconds: float = 0.2
+    # Like fal: a finished request's result is kept this long, then answers 404.
+    result_retention_seconds: float = 3600.0
 
     def update(self, knobs: Mapping[str, Any]) -> None:
         """Validate and apply `knobs`; nothing changes when one of them is invalid."""
@@ -214,7 +220,8 @@ def _coerce(key: str, value: Any) -> Any:
     if key == "webhook_retry_delays":
         return [float(v) for v in value]
     if key in ("latency_seconds", "queue_seconds", "download_timeout", "webhook_late_seconds",
-               "submit_delay_seconds", "media_delay_seconds", "webhook_duplicate_seconds"):
+               "submit_delay_seconds", "media_delay_seconds", "webhook_duplicate_seconds",
+               "result_retention_seconds"):
         number = float(value)
         if number < 0:
             raise ValueError(f"{key} must be >= 0")
@@ -261,6 +268,11 @@ class _Job:
     submitted_at: float
     seq: int
     priority: str | None = None
+    # Retention asked for (fal's per-request headers): media lifetime, payload storage.
+    media_expiration_seconds: float | None = None
+    store_io: bool = True
+    media_files: list[str] = field(default_factory=list)
+    media_expired: bool = False
     start_timeout: float | None = None
     start_deadline: float | None = None
     state: str = IN_QUEUE
@@ -295,6 +307,10 @@ class _Job:
             "webhook": bool(self.webhook_url),
             "webhook_url": self.webhook_url,
             "start_timeout": self.start_timeout,
+            "media_expiration_seconds": self.media_expiration_seconds,
+            "store_io": self.store_io,
+            "payload_kept": self.arguments is not None,
+            "media_expired": self.media_expired,
             "webhook_deliveries": list(self.deliveries),
         }
 
@@ -436,6 +452,17 @@ def _infra_error(status: int, detail: str, err_type: str,
                     webhook_error=f"Invalid status code: {status}", payload=body)
 
 
+def _lifecycle_seconds(header: str | None) -> float | None:
+    """`X-Fal-Object-Lifecycle-Preference: {"expiration_duration_seconds": N}`."""
+    if not header:
+        return None
+    try:
+        seconds = float(json.loads(header)["expiration_duration_seconds"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return seconds if seconds >= 0 else None
+
+
 def _json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -544,6 +571,9 @@ class _Core:
                        honour_cancel=cfg.honour_cancel, download_timeout=cfg.download_timeout,
                        submitted_at=time.time(), seq=next(self._seq),
                        priority=headers.get("x-fal-queue-priority"))
+            job.media_expiration_seconds = _lifecycle_seconds(
+                headers.get("x-fal-object-lifecycle-preference"))
+            job.store_io = headers.get("x-fal-store-io", "1").strip() != "0"
             timeout = headers.get("x-fal-request-timeout")
             if timeout:
                 with contextlib.suppress(ValueError):
@@ -642,8 +672,24 @@ class _Core:
         job.outcome = outcome
         job.state = COMPLETED
         job.completed_at = time.time()
+        if not job.store_io:
+            job.arguments = None  # X-Fal-Store-IO: 0: the payload is not kept
+        if job.media_expiration_seconds is not None:
+            self.scheduler.call_later(job.media_expiration_seconds, self._expire_media, job)
         job.log("Request finished" if outcome.error is None else f"Request failed: {outcome.error_type}")
         self._release(job)
+
+    def _expire_media(self, job: _Job) -> None:
+        with self.lock:
+            names, job.media_files = job.media_files, []
+            job.media_expired = True
+        for name in names:
+            with contextlib.suppress(OSError):
+                (self.media_dir / name).unlink()
+
+    def result_expired(self, job: _Job) -> bool:
+        return (job.completed_at is not None
+                and time.time() - job.completed_at > self.config.result_retention_seconds)
 
     def cancel(self, job: _Job) -> tuple[int, dict[str, Any]]:
         with self.lock:
@@ -731,6 +777,7 @@ class _Core:
             extension = "jpg" if output_format == "jpeg" else output_format
             name = f"{job.request_id}-{variant}.{extension}"
             (self.media_dir / name).write_bytes(encoded)
+            job.media_files.append(name)
             images.append({"url": f"{self.base_url}/media/{name}",
                            "content_type": _CONTENT_TYPES[output_format], "file_name": name,
                            "file_size": len(encoded), "width": width, "height": height})
@@ -1129,6 +1176,8 @@ class _Handler(BaseHTTPRequestHandler):
             state = job.state
         if outcome is None:
             return self._send(400, {"detail": f"Request is still {state}"})
+        if core.result_expired(job):
+            return self._send(404, {"detail": f"Request {job.request_id} not found"})
         headers = dict(outcome.headers)
         ctype = headers.pop("Content-Type", "application/json")
         return self._send(outcome.status_code, outcome.body, headers, content_type=ctype)

@@ -29,8 +29,10 @@ class ConfigError(ValueError):
     """The environment describes an impossible or unsafe configuration."""
 
 
-def _env(name: str, default: str, doc: str) -> Any:
-    return field(default=default, metadata={"env": name, "doc": doc})
+def _env(name: str, default: str, doc: str, *, secret: bool = False) -> Any:
+    # Secrets stay out of repr(): a Settings in a traceback, a log line or a Sentry
+    # event's local variables must not carry them.
+    return field(default=default, repr=not secret, metadata={"env": name, "doc": doc})
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,10 @@ class Settings:
     env: str = _env("HAIRFLUENCER_ENV", "development", "`development` or `production`; "
                      "production refuses development-only shortcuts (HS256 dev secret, moto).")
     database_url: str = _env("DATABASE_URL", f"sqlite:///{REPO_ROOT / '.devstack' / 'hairfluencer.sqlite3'}",
-                             "SQLAlchemy URL. PostgreSQL: `postgresql+psycopg://user@host/db`.")
+                             "SQLAlchemy URL. PostgreSQL: `postgresql+psycopg://user@host/db`.", secret=True)
     redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:6379/0",
-                          "Redis for quotas, rate limits and idempotency keys.")
-    broker_url: str = _env("CELERY_BROKER_URL", "", "Celery broker; defaults to REDIS_URL.")
+                          "Redis for quotas, rate limits and idempotency keys.", secret=True)
+    broker_url: str = _env("CELERY_BROKER_URL", "", "Celery broker; defaults to REDIS_URL.", secret=True)
     # Storage
     s3_endpoint_url: str = _env("S3_ENDPOINT_URL", "", "Internal S3 endpoint (empty = AWS).")
     s3_public_endpoint_url: str = _env("S3_PUBLIC_ENDPOINT_URL", "",
@@ -49,7 +51,7 @@ class Settings:
                                        "this host (defaults to S3_ENDPOINT_URL).")
     s3_region: str = _env("S3_REGION", "us-east-1", "Region used for SigV4 signing.")
     s3_access_key_id: str = _env("AWS_ACCESS_KEY_ID", "", "Access key (empty = boto3 default chain).")
-    s3_secret_access_key: str = _env("AWS_SECRET_ACCESS_KEY", "", "Secret key.")
+    s3_secret_access_key: str = _env("AWS_SECRET_ACCESS_KEY", "", "Secret key.", secret=True)
     s3_addressing_style: str = _env("S3_ADDRESSING_STYLE", "path", "`path` or `virtual`.")
     uploads_bucket: str = _env("S3_UPLOADS_BUCKET", "hairfluencer-uploads", "Private bucket for selfies.")
     processed_bucket: str = _env("S3_PROCESSED_BUCKET", "hairfluencer-processed",
@@ -82,7 +84,7 @@ class Settings:
     trusted_proxy_count: int = _env("TRUSTED_PROXY_COUNT", "0",
                                     "How many proxies' X-Forwarded-For entries to trust.")
     # Try-ons and fal.ai
-    fal_key: str = _env("FAL_KEY", "", "fal.ai API key (secret).")
+    fal_key: str = _env("FAL_KEY", "", "fal.ai API key (secret).", secret=True)
     fal_model_id: str = _env("FAL_MODEL_ID", "fal-ai/nano-banana/edit", "fal model endpoint.")
     fal_queue_host: str = _env("FAL_QUEUE_HOST", "", "fal queue host[:port] (empty = fal's own, "
                                "queue.fal.run); the dev stack points it at the emulator.")
@@ -99,7 +101,7 @@ class Settings:
     public_base_url: str = _env("PUBLIC_BASE_URL", "", "Public base URL of this API; when set, "
                                 "fal completes jobs by webhook, else by polling.")
     webhook_secret: str = _env("WEBHOOK_SECRET", "", "HMAC key for the job token in webhook URLs "
-                               "(development derives one from the dev secret).")
+                               "(development derives one from the dev secret).", secret=True)
     tryon_daily_quota: int = _env("TRYON_DAILY_QUOTA", "20", "Try-ons per user per day.")
     upload_wait_seconds: int = _env("UPLOAD_WAIT_SECONDS", "60",
                                     "How long a job waits for its upload's validation.")
@@ -123,9 +125,9 @@ class Settings:
     jwt_jwks_url: str = _env("JWT_JWKS_URL", "", "JWKS of the auth server (RS256/EdDSA).")
     jwt_issuer: str = _env("JWT_ISSUER", "", "Required `iss`.")
     jwt_audience: str = _env("JWT_AUDIENCE", "hairfluencer-api", "Required `aud`.")
-    jwt_dev_secret: str = _env("JWT_DEV_SECRET", "", "HS256 secret, development only.")
+    jwt_dev_secret: str = _env("JWT_DEV_SECRET", "", "HS256 secret, development only.", secret=True)
     # Observability
-    sentry_dsn: str = _env("SENTRY_DSN", "", "Sentry DSN; empty = off.")
+    sentry_dsn: str = _env("SENTRY_DSN", "", "Sentry DSN; empty = off.", secret=True)
     log_level: str = _env("LOG_LEVEL", "INFO", "Root log level.")
     beat_interval_seconds: int = _env("BEAT_INTERVAL_SECONDS", "60", "How often cleanup runs "
                                       "(retention, raw purges, orphans; some every 5 or 15 passes).")
@@ -230,8 +232,9 @@ def _check(s: Settings) -> None:
         raise ConfigError("HAIRFLUENCER_ENV must be development or production")
     if not 1 <= s.presign_ttl_seconds <= 300:
         raise ConfigError("PRESIGN_TTL_SECONDS must be between 1 and 300")
-    if not 60 <= s.fal_media_expiration_seconds <= 7 * 24 * 3600:
-        raise ConfigError("FAL_MEDIA_EXPIRATION_SECONDS must be between 60 and 604800")
+    if not 5 <= s.fal_media_expiration_seconds <= 7 * 24 * 3600:
+        # Long enough to copy the result (seconds), short: fal's links are public.
+        raise ConfigError("FAL_MEDIA_EXPIRATION_SECONDS must be between 5 and 604800")
     if s.fal_in_doubt_seconds < 15:
         # The claim lease must outlive a submit call that is still in flight.
         raise ConfigError("FAL_IN_DOUBT_SECONDS must be at least 15")

@@ -33,6 +33,10 @@ _SECRET_PARAM = re.compile(
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+# fal's API key in an Authorization header ("Key <id>:<secret>").
+_FAL_KEY = re.compile(r"(Authorization[\"']?\s*[:=]\s*[\"']?Key\s+)[^\s\"',}]+", re.IGNORECASE)
+# fal's media links are public, unsigned URLs of a user's face: the path is the secret.
+_FAL_MEDIA = re.compile(r"(https?://(?:[A-Za-z0-9-]+\.)*fal\.media)/[^\s\"'<>]*", re.IGNORECASE)
 REDACTED = "[redacted]"
 _CORRELATION_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # matched whole
 
@@ -40,6 +44,8 @@ _CORRELATION_ID_OK = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # matched whole
 def redact(text: str) -> str:
     text = _SIGNED_QUERY.sub("?" + REDACTED, text)
     text = _SECRET_PARAM.sub(r"\1" + REDACTED, text)
+    text = _FAL_KEY.sub(r"\1" + REDACTED, text)
+    text = _FAL_MEDIA.sub(r"\1/" + REDACTED, text)
     return _BEARER.sub(r"\1" + REDACTED, text)
 
 

@@ -75,6 +75,15 @@ def _json_response(body: dict[str, Any], status: int) -> Response:
     return response
 
 
+SIGNED_FIELDS = ("resultUrl", "thumbnailUrl", "urlsExpireAt")
+
+
+def _without_urls(view: dict[str, Any]) -> dict[str, Any]:
+    """What a replay may repeat for 24 h: never a signed URL (it lives 5 minutes and
+    must not be stored past that); the app fetches the job for fresh ones."""
+    return {k: v for k, v in view.items() if k not in SIGNED_FIELDS}
+
+
 def _idempotency() -> IdempotencyStore:
     return current_app.extensions["hairfluencer.idempotency"]  # type: ignore[no-any-return]
 
@@ -105,7 +114,7 @@ class TryOnCollection(MethodView):
             raise
         view = TryOnSchema().dump(job_view(job))
         if key:
-            _idempotency().complete(user_id, key, print_, 202, view)
+            _idempotency().complete(user_id, key, print_, 202, _without_urls(view))
         return _json_response(view, 202)
 
     @blp.arguments(TryOnListArgsSchema, location="query")

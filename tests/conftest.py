@@ -2,6 +2,7 @@
 
 - PostgreSQL: a fresh database per test session (created, migrated with Alembic,
   dropped), tables emptied after each test.
+- fal: one emulator for the session (the real fal-client talks to it).
 - Redis: the machine's server; each test gets its own key namespace.
 - S3: LocalStack's S3 in host mode, started once per session (set
   HF_TEST_S3_ENDPOINT to reuse one that is already running). Buckets get unique
@@ -197,11 +198,63 @@ def dispatch() -> InlineDispatch:
     return InlineDispatch()
 
 
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Any]:
+    """One fal emulator for the session (the real fal-client talks to it; one CA, so
+    clients that cache their trust store stay valid)."""
+    from devstack.fal_emulator import FalEmulator
+
+    emu = FalEmulator(latency_seconds=0.2).start()
+    saved = os.environ.get("SSL_CERT_FILE")
+    # httpx (fal-client, result downloads, JWKS) and urllib trust the emulator's CA.
+    os.environ["SSL_CERT_FILE"] = str(emu.ca_bundle_path)
+    try:
+        yield emu
+    finally:
+        if saved is None:
+            os.environ.pop("SSL_CERT_FILE", None)
+        else:
+            os.environ["SSL_CERT_FILE"] = saved
+        emu.stop()
+
+
 @pytest.fixture
-def settings(pg_url: str, s3_endpoint: str, buckets: tuple[str, str]) -> Settings:
-    return make_settings(database_url=pg_url, s3_endpoint_url=s3_endpoint,
-                         uploads_bucket=buckets[0], processed_bucket=buckets[1],
-                         server_side_encryption="AES256")
+def settings(pg_url: str, s3_endpoint: str, buckets: tuple[str, str], emulator: Any) -> Settings:
+    emulator.reset(config=True)
+    return make_settings(
+        database_url=pg_url, s3_endpoint_url=s3_endpoint, uploads_bucket=buckets[0],
+        processed_bucket=buckets[1], server_side_encryption="AES256", fal_key="test-key",
+        fal_queue_host=f"127.0.0.1:{emulator.port}", fal_webhook_jwks_url=emulator.jwks_url,
+        fal_media_hosts=f"127.0.0.1:{emulator.port}", fal_poll_seconds=0.1,
+        fal_retry_base_seconds=0.05, fal_deadline_seconds=20, upload_wait_seconds=5)
+
+
+@pytest.fixture
+def live_api(app: Any, svc: Services) -> Iterator[str]:
+    """The app on a real port, so the emulator can deliver webhooks to it."""
+    import threading
+    from dataclasses import replace
+
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    from devstack.procs import free_port
+
+    class Quiet(WSGIRequestHandler):
+        # The test server's access log would print request lines with their query
+        # (production's gunicorn logs paths only: api/gunicorn_conf.py).
+        def log_request(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    port = free_port()
+    server = make_server("127.0.0.1", port, app, threaded=True, request_handler=Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    svc.settings = replace(svc.settings, public_base_url=base)
+    try:
+        yield base
+    finally:
+        server.shutdown()
 
 
 @pytest.fixture

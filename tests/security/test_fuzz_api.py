@@ -9,16 +9,15 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.conftest import make_settings
-
 CASES_PER_OPERATION = 25
 
 
 @pytest.fixture
 def api_schema(pg_url, s3_endpoint, buckets, svc, emulator):
+    import uuid
+
     from api.app import create_app
     from shared.quota import QuotaService
-    import uuid
 
     s = svc.settings
     quotas = QuotaService(s.redis_url, presign_daily=10_000, user_rate="100000/second",

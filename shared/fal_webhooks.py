@@ -111,4 +111,7 @@ class FalWebhookVerifier:
             keys = self._jwks.keys(refresh=refresh)
         except KeysUnavailable:
             raise VerifierUnavailable("jwks unavailable") from None
-        return [k.key for k in keys if isinstance(k.key, Ed25519PublicKey)]
+        ed25519 = [k.key for k in keys if isinstance(k.key, Ed25519PublicKey)]
+        if not ed25519:  # a set we cannot verify anything with: fal should deliver again
+            raise VerifierUnavailable("no Ed25519 key in the JWKS")
+        return ed25519

@@ -35,6 +35,8 @@ _SECRET_PARAM = re.compile(
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 # fal's API key in an Authorization header ("Key <id>:<secret>").
 _FAL_KEY = re.compile(r"(Authorization[\"']?\s*[:=]\s*[\"']?Key\s+)[^\s\"',}]+", re.IGNORECASE)
+# A bare JWT (no "Bearer " in front of it: a token in a message or a variable).
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*")
 # fal's media links are public, unsigned URLs of a user's face: the path is the secret.
 _FAL_MEDIA = re.compile(r"(https?://(?:[A-Za-z0-9-]+\.)*fal\.media)/[^\s\"'<>]*", re.IGNORECASE)
 REDACTED = "[redacted]"
@@ -46,6 +48,7 @@ def redact(text: str) -> str:
     text = _SECRET_PARAM.sub(r"\1" + REDACTED, text)
     text = _FAL_KEY.sub(r"\1" + REDACTED, text)
     text = _FAL_MEDIA.sub(r"\1/" + REDACTED, text)
+    text = _JWT.sub(REDACTED, text)
     return _BEARER.sub(r"\1" + REDACTED, text)
 
 
@@ -172,6 +175,9 @@ def init_sentry(dsn: str, environment: str, integrations: list[Any]) -> None:
         environment=environment,
         integrations=integrations,
         send_default_pii=False,
+        # Frames' local variables can hold anything (tokens, keys in a client's repr,
+        # image bytes): they are not sent at all.
+        include_local_variables=False,
         before_send=scrub_sentry_event,  # type: ignore[arg-type]
         before_breadcrumb=lambda crumb, _hint: redact_any(crumb),
         traces_sample_rate=0.0,

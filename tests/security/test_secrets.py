@@ -1,0 +1,163 @@
+"""Secrets never leak: a round trip with a failing storage call (S3 throttling, for
+real, through the fault proxy), failing fal calls (an error body that echoes our
+signed link, a refused key) and an unhandled error whose message carries a signed
+URL and a bearer token leaves none of them — no presigned signature, bearer token,
+fal key, webhook token or fal media link — in the logs (rendered and raw), in task
+arguments, or in the Sentry events that the real SDK sends to a local endpoint."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import threading
+import zlib
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from shared.fal_webhooks import job_token
+from shared.services import Services
+from tests.conftest import assert_no_secrets, fixture_bytes
+from tests.faults.s3_proxy import FaultyS3Proxy
+from tests.integration.test_tryons import job_row, start_job, wait_done
+from tests.integration.test_upload_flow import presign, put, upload_ready
+
+ASTRONAUT = fixture_bytes("astronaut.jpg")
+
+
+class SentryInbox:
+    """A local Sentry: receives the SDK's real envelopes. It stays up for the rest of
+    the session, so the SDK, once initialised, never sends to a dead address."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[bytes] = []
+        inbox = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server API
+                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                encoding = self.headers.get("Content-Encoding", "")
+                if encoding == "gzip":
+                    data = gzip.decompress(data)
+                elif encoding == "deflate":
+                    data = zlib.decompress(data)
+                elif encoding == "br":
+                    import brotli
+
+                    data = brotli.decompress(data)
+                inbox.envelopes.append(data)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def dsn(self) -> str:
+        return f"http://public-key@127.0.0.1:{self.server.server_port}/1"
+
+    def text(self) -> str:
+        return "\n".join(e.decode("utf-8", "replace") for e in self.envelopes)
+
+
+@pytest.fixture(scope="session")
+def sentry() -> Iterator[SentryInbox]:
+    import sentry_sdk
+    from sentry_sdk.integrations.flask import FlaskIntegration
+
+    from shared.observability import init_sentry
+
+    inbox = SentryInbox()
+    init_sentry(inbox.dsn, "test", [FlaskIntegration()])
+    yield inbox
+    sentry_sdk.flush(timeout=5)
+    sentry_sdk.get_client().close()
+
+
+def test_nothing_secret_reaches_logs_task_arguments_or_sentry(
+        client, app, auth, svc, settings, dispatch, emulator, live_api, sentry, json_logs,
+        caplog, monkeypatch):
+    import sentry_sdk
+
+    headers = auth("zara")
+    bearer = headers["Authorization"].split()[1]
+    secrets: set[str] = {bearer, svc.settings.fal_key, svc.settings.webhook_secret}
+
+    def remember(url: str) -> None:
+        for value in parse_qs(urlsplit(url).query).get("X-Amz-Signature", []):
+            secrets.add(value)
+
+    # 1. A selfie, then a storage call that fails for real: S3 throttles (503 SlowDown).
+    upload = upload_ready(client, headers, ASTRONAUT)
+    proxy = FaultyS3Proxy(int(settings.s3_endpoint_url.rsplit(":", 1)[1])).start()
+    throttled = Services.from_settings(replace(settings, s3_endpoint_url=proxy.endpoint_url))
+    proxy.slow_down(30)
+    issued = presign(client, headers, ASTRONAUT).get_json()
+    remember(issued["uploadUrl"])
+    assert put(issued, ASTRONAUT).status_code == 200
+    app.extensions["hairfluencer"] = throttled
+    confirmed = client.post("/v1/uploads/confirm", headers=headers, json={"key": issued["key"]})
+    app.extensions["hairfluencer"] = svc
+    assert confirmed.status_code == 503
+    proxy.stop()
+
+    # 2. fal fails: an error body that echoes our signed link back, then a refused key.
+    emulator.configure(job_faults=["content_policy"], submit_faults=["401"])
+    failed = [start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
+              for _ in range(2)]
+    for job_id in failed:
+        assert wait_done(svc, dispatch, job_id).status == "failed"
+        secrets.add(job_token(svc.settings.webhook_secret, job_id, 1))
+    # ...and one that succeeds: its result links are fal media URLs and our signed GETs.
+    done = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
+    assert wait_done(svc, dispatch, done).status == "succeeded"
+    secrets.add(job_token(svc.settings.webhook_secret, done, 1))
+    body = client.get(f"/v1/try-ons/{done}", headers=headers).get_json()
+    remember(body["resultUrl"])
+    fal_media = [r for r in emulator.stats()["requests"].values() if r["result_status_code"] == 200]
+    assert fal_media
+
+    # 3. An unhandled error whose message carries a signed URL and the bearer token.
+    def explode(*_: Any, **__: Any) -> None:
+        raise RuntimeError(f"boom fetching {body['resultUrl']} with Bearer {bearer}")
+
+    monkeypatch.setattr("shared.uploads.get", explode)
+    response = client.get(f"/v1/uploads/{upload['uploadId']}", headers=headers)
+    assert response.status_code == 500
+    assert response.get_json()["error"]["code"] == "internal.error"
+    assert bearer not in response.get_data(as_text=True)
+    sentry_sdk.flush(timeout=10)
+
+    # None of it anywhere.
+    assert_no_secrets(json_logs, caplog)
+    logs = json_logs.getvalue() + "\n".join(r.getMessage() for r in caplog.records)
+    events = sentry.text()
+    assert "boom fetching" in events, "the unhandled error reached Sentry"
+    task_args = json.dumps(dispatch.sent)
+    for secret in secrets:
+        for where, text in (("logs", logs), ("Sentry", events), ("task arguments", task_args)):
+            assert secret not in text, f"a secret ({secret[:6]}…) in {where}"
+    for request_id in fal_media:
+        for where, text in (("logs", logs), ("Sentry", events), ("task arguments", task_args)):
+            assert f"/media/{request_id}" not in text, f"a fal media link in {where}"
+    assert "X-Amz-Signature=" not in events.replace("X-Amz-Signature=[redacted]", "")
+    assert job_row(svc, failed[0]).error_code in ("fal.content_policy", "fal.unauthorized")
+
+
+def test_logs_are_json_lines_even_for_a_failure(json_logs, caplog):
+    import logging
+
+    logging.getLogger("shared.test").warning("failed: %s", "https://s3/x?X-Amz-Signature=abc")
+    assert_no_secrets(json_logs, caplog=None)
+    assert "[redacted]" in json_logs.getvalue()
+    with pytest.raises(AssertionError):
+        assert_no_secrets(io.StringIO(json.dumps({"m": "?X-Amz-Signature=abc"}) + "\n"))

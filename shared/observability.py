@@ -178,6 +178,7 @@ def init_sentry(dsn: str, environment: str, integrations: list[Any]) -> None:
         # Frames' local variables can hold anything (tokens, keys in a client's repr,
         # image bytes): they are not sent at all.
         include_local_variables=False,
+        max_request_body_size="never",  # request bodies are not sent either
         before_send=scrub_sentry_event,  # type: ignore[arg-type]
         before_breadcrumb=lambda crumb, _hint: redact_any(crumb),
         traces_sample_rate=0.0,

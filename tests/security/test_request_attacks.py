@@ -152,3 +152,24 @@ def test_compose_trusts_no_forwarded_for_while_the_api_port_is_published():
     env = compose["x-app"]["environment"]
     if compose["services"]["api"].get("ports"):
         assert env["TRUSTED_PROXY_COUNT"] in ("${TRUSTED_PROXY_COUNT:-0}", 0, "0")
+
+
+def test_an_idempotency_replay_never_repeats_a_signed_url(client, auth, svc, dispatch):
+    from tests.integration.test_tryons import wait_done
+    from tests.integration.test_upload_flow import upload_ready
+
+    upload = upload_ready(client, auth("ida"), ASTRONAUT)
+    request = {"uploadId": upload["uploadId"], "hairstyleId": "bob", "locale": "en"}
+    headers = auth("ida", **{"Idempotency-Key": "tap-1"})
+    job_id = client.post("/v1/try-ons", json=request, headers=headers).get_json()["jobId"]
+    assert wait_done(svc, dispatch, job_id).status == "succeeded"
+    svc.idempotency.forget_user("ida")  # Redis lost the record (a restart)
+    again = client.post("/v1/try-ons", json=request, headers=headers)
+    assert again.status_code == 202 and again.get_json()["jobId"] == job_id  # the job row's key
+    assert again.get_json()["resultUrl"]  # fresh, signed now
+    replay = client.post("/v1/try-ons", json=request, headers=headers)
+    assert replay.status_code == 202 and replay.get_json()["jobId"] == job_id
+    assert not {"resultUrl", "thumbnailUrl", "urlsExpireAt"} & set(replay.get_json())
+    stored = json.dumps([svc.idempotency._redis.get(k) for k in
+                         svc.idempotency._redis.scan_iter(match="*:idem:ida:*")], default=str)
+    assert "X-Amz-Signature" not in stored

@@ -4,59 +4,28 @@ development HS256 secret: every bad token is 401 with a localized message."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.i18n import MESSAGES
 from tests.conftest import DEV_SECRET, make_settings
+from tests.security.test_jwt_attacks import Jwks as Keys
+from tests.security.test_jwt_attacks import serve
 
 ISSUER = "https://auth.hairfluencer.test"
 AUDIENCE = "hairfluencer-api"
 
 
-class Keys:
-    def __init__(self) -> None:
-        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.ed = ed25519.Ed25519PrivateKey.generate()
-        self.fetches = 0
-
-    def jwks(self) -> dict[str, Any]:
-        rsa_jwk = json.loads(RSAAlgorithm.to_jwk(self.rsa.public_key()))
-        ed_jwk = json.loads(OKPAlgorithm.to_jwk(self.ed.public_key()))
-        rsa_jwk.update(kid="rsa-1", alg="RS256", use="sig")
-        ed_jwk.update(kid="ed-1", alg="EdDSA", use="sig")
-        return {"keys": [rsa_jwk, ed_jwk]}
-
-
 @pytest.fixture(scope="module")
 def jwks_server() -> Iterator[tuple[str, Keys]]:
     keys = Keys()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server API
-            keys.fetches += 1
-            body = json.dumps(keys.jwks()).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json", keys
+    url, server = serve(keys)
+    yield url, keys
     server.shutdown()
 
 

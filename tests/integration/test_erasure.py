@@ -21,6 +21,7 @@ from shared.storage import StorageUnavailable
 from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_tryons import (
     job_row,
+    queued_job,
     ready_job,
     start_job,
 )
@@ -222,10 +223,7 @@ def test_a_result_finished_after_its_job_was_deleted_is_not_written(client, auth
                                                                     monkeypatch, settings):
     emulator.configure(webhook_mode="none")
     headers = auth("fia")
-    upload = upload_ready(client, headers, ASTRONAUT)
-    dispatch.run_inline = False
-    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
-    dispatch.run_inline = True
+    job_id = queued_job(client, auth, dispatch, "fia")
     tp.run(svc, job_id)  # submitted; the poll is left undone
     real_render = result_store.render
 

@@ -81,15 +81,10 @@ def test_a_late_duplicate_completion_cannot_reset_a_favorites_tag(client, auth, 
 
 
 def test_a_job_favorited_while_it_runs_ends_kept(client, auth, svc, dispatch, emulator):
-    from tests.conftest import fixture_bytes
-    from tests.integration.test_tryons import start_job, wait_done
-    from tests.integration.test_upload_flow import upload_ready
+    from tests.integration.test_tryons import queued_job, wait_done
 
     headers = auth("jo")
-    upload = upload_ready(client, headers, fixture_bytes("astronaut.jpg"))
-    dispatch.run_inline = False
-    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
-    dispatch.run_inline = True
+    job_id = queued_job(client, auth, dispatch, "jo")
     assert client.put(f"/v1/try-ons/{job_id}/favorite", headers=headers).status_code == 200
     tp.send(svc, tp.run(svc, job_id))
     job = wait_done(svc, dispatch, job_id)

@@ -22,6 +22,7 @@ from shared.models import TryOn
 from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_tryons import (
     job_row,
+    queued_job,
     start_job,
     wait_done,
 )
@@ -60,16 +61,6 @@ def counter(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels or None) or 0.0
 
 
-
-def queued_job(client, auth, dispatch, user: str) -> str:
-    """A job whose run message is still "in the queue" (the test runs it)."""
-    headers = auth(user)
-    upload = upload_ready(client, headers, ASTRONAUT)
-    dispatch.run_inline = False
-    response = start_job(client, headers, upload["uploadId"])
-    dispatch.run_inline = True
-    assert response.status_code == 202
-    return response.get_json()["jobId"]
 
 
 def die_in_run(svc, job_id: str) -> TryOn:

@@ -71,6 +71,17 @@ def start_job(client, headers, upload_id: str, **extra: Any):
     return client.post("/v1/try-ons", json=body, headers=headers)
 
 
+def queued_job(client, auth, dispatch, user: str) -> str:
+    """A job whose run message is still "in the queue" (the test runs it)."""
+    headers = auth(user)
+    upload = upload_ready(client, headers, ASTRONAUT)
+    dispatch.run_inline = False
+    response = start_job(client, headers, upload["uploadId"])
+    dispatch.run_inline = True
+    assert response.status_code == 202
+    return response.get_json()["jobId"]
+
+
 def job_row(svc, job_id: str) -> TryOn:
     with svc.sessions() as session:
         return session.get(TryOn, job_id)
@@ -513,10 +524,12 @@ def test_hairstyles_catalogue(client, auth):
 
 # --- webhooks signed with fal's (the emulator's) real key -----------------------------
 
-def _sign_as_fal(emulator, request_id: str, body: bytes, ts: int) -> dict[str, str]:
+def sign_as_fal(emulator, request_id: str, body: bytes, ts: int | None = None) -> dict[str, str]:
+    """The headers of a webhook delivery signed with fal's (the emulator's) key."""
     from devstack.fal_emulator import _load_signing_key
 
     key = _load_signing_key(emulator.state_dir)
+    ts = int(time.time()) if ts is None else ts
     message = f"{request_id}\nfal-user\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
     return {"X-Fal-Webhook-Request-Id": request_id, "X-Fal-Webhook-User-Id": "fal-user",
             "X-Fal-Webhook-Timestamp": str(ts),
@@ -547,19 +560,19 @@ def test_correctly_signed_webhooks_are_still_refused_when_misdirected(
         "from the future": (good_query, now + 310, request_id),
     }
     for name, (query, ts, signed_id) in cases.items():
-        response = _post_webhook(live_api, query, body, _sign_as_fal(emulator, signed_id, body, ts))
+        response = _post_webhook(live_api, query, body, sign_as_fal(emulator, signed_id, body, ts))
         assert response.status_code == 401, name
     assert dispatch.count("tryons.complete") == 0
     # Genuinely signed by fal, for the right job and attempt, but about another request
     # (fal's request ids in the body need not match the header, so only the signed
     # one counts): taken in (fal must not retry it) and ignored by the worker.
     other = _post_webhook(live_api, good_query, body,
-                          _sign_as_fal(emulator, "another-request", body, now))
+                          sign_as_fal(emulator, "another-request", body, now))
     assert other.status_code == 200
     assert job_row(svc, job_id).status == "processing"
     assert dispatch.count("tryons.complete") == 1
     # and the same delivery, correctly addressed and fresh, is accepted
-    ok = _post_webhook(live_api, good_query, body, _sign_as_fal(emulator, request_id, body, now))
+    ok = _post_webhook(live_api, good_query, body, sign_as_fal(emulator, request_id, body, now))
     assert ok.status_code == 200
     assert dispatch.count("tryons.complete") == 2
 

@@ -23,7 +23,15 @@ from shared.config import Settings
 from shared.fal_gateway import FalFailure, FalStatus, classify_completion_error, classify_http
 from shared.fal_webhooks import FalWebhookVerifier, job_token
 from tests.conftest import fixture_bytes
-from tests.integration.test_tryons import SpyGateway, job_row, ready_job, start_job, wait_done
+from tests.integration.test_tryons import (
+    SpyGateway,
+    job_row,
+    queued_job,
+    ready_job,
+    sign_as_fal,
+    start_job,
+    wait_done,
+)
 from tests.integration.test_upload_flow import upload_ready
 
 ASTRONAUT = fixture_bytes("astronaut.jpg")
@@ -111,11 +119,7 @@ class CompletedWithError:
 def test_a_completed_status_with_an_error_is_classified_from_the_result_body(
         client, auth, svc, dispatch, emulator):
     emulator.configure(job_faults=["never_complete"])
-    headers = auth("tom")
-    upload = upload_ready(client, headers, ASTRONAUT)
-    dispatch.run_inline = False
-    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
-    dispatch.run_inline = True
+    job_id = queued_job(client, auth, dispatch, "tom")
     tp.run(svc, job_id)
     svc.fal = CompletedWithError(svc.fal, FalFailure("fal.content_policy", False, 422,
                                                      "content_policy_violation"))
@@ -148,7 +152,7 @@ def test_a_webhook_whose_body_names_other_ids_is_taken_by_its_signed_request_id(
                        "status": "OK", "payload": None}).encode()
     token = job_token(svc.settings.webhook_secret, job_id, 1)
     response = httpx.post(f"{live_api}/v1/webhooks/fal?job={job_id}&attempt=1&token={token}",
-                          content=body, headers=_signed(emulator, request_id, body), timeout=10)
+                          content=body, headers=sign_as_fal(emulator, request_id, body), timeout=10)
     assert response.status_code == 200
     assert wait_done(svc, dispatch, job_id).status == "succeeded"
 

@@ -48,20 +48,14 @@ class Jwks:
         return {"keys": keys}
 
 
-@pytest.fixture
-def jwks() -> Iterator[tuple[str, Jwks]]:
-    state = Jwks()
+def serve(state: Jwks) -> tuple[str, ThreadingHTTPServer]:
+    """The auth server's JWKS endpoint on a free port (also used by test_auth.py)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server API
             state.fetches += 1
-            if not state.up:
-                self.send_response(503)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            body = json.dumps(state.document()).encode()
-            self.send_response(200)
+            body = json.dumps(state.document()).encode() if state.up else b""
+            self.send_response(200 if state.up else 503)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -72,7 +66,14 @@ def jwks() -> Iterator[tuple[str, Jwks]]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/jwks.json", state
+    return f"http://127.0.0.1:{server.server_port}/.well-known/jwks.json", server
+
+
+@pytest.fixture
+def jwks() -> Iterator[tuple[str, Jwks]]:
+    state = Jwks()
+    url, server = serve(state)
+    yield url, state
     server.shutdown()
 
 

@@ -18,7 +18,7 @@ from shared.fal_gateway import FalFailure
 from shared.fal_webhooks import job_token
 from shared.media_hosts import MediaHosts
 from tests.conftest import fixture_bytes
-from tests.integration.test_tryons import job_row, start_job
+from tests.integration.test_tryons import job_row, queued_job, sign_as_fal, start_job
 from tests.integration.test_upload_flow import upload_ready
 
 ASTRONAUT = fixture_bytes("astronaut.jpg")
@@ -82,11 +82,7 @@ def media(monkeypatch) -> Recorder:
 def test_a_result_url_outside_the_allow_list_is_never_fetched(client, auth, svc, dispatch,
                                                              emulator, media):
     emulator.configure(job_faults=["never_complete"])
-    headers = auth("xia")
-    upload = upload_ready(client, headers, ASTRONAUT)
-    dispatch.run_inline = False
-    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
-    dispatch.run_inline = True
+    job_id = queued_job(client, auth, dispatch, "xia")
     tp.run(svc, job_id)
     evil = {"images": [{"url": "https://fal.media@169.254.169.254/latest/meta-data/"}]}
     tp.complete(svc, job_id, 1, tp.Completion(True, job_row(svc, job_id).fal_request_id,
@@ -138,13 +134,13 @@ def test_forged_stale_misaddressed_and_oversized_webhooks_are_refused(client, sv
     now = int(time.time())
     secret = svc.settings.webhook_secret
     good = job_token(secret, job_id, 1)
-    signed = _sign(emulator, request_id, body, now)
+    signed = sign_as_fal(emulator, request_id, body, now)
     cases = {
         "bad signature": (1, good, body, {**signed, "X-Fal-Webhook-Signature": "ab" * 64}),
         "signature not hex": (1, good, body, {**signed, "X-Fal-Webhook-Signature": "zz"}),
         "body changed after signing": (1, good, body.replace(b"ERROR", b"OK"), signed),
-        "stale timestamp (a replay)": (1, good, body, _sign(emulator, request_id, body, now - 400)),
-        "from the future": (1, good, body, _sign(emulator, request_id, body, now + 400)),
+        "stale timestamp (a replay)": (1, good, body, sign_as_fal(emulator, request_id, body, now - 400)),
+        "from the future": (1, good, body, sign_as_fal(emulator, request_id, body, now + 400)),
         "timestamp not a number": (1, good, body, {**signed, "X-Fal-Webhook-Timestamp": "soon"}),
         "no signature headers": (1, good, body, {}),
         "wrong attempt's token": (2, good, body, signed),
@@ -157,7 +153,7 @@ def test_forged_stale_misaddressed_and_oversized_webhooks_are_refused(client, sv
         assert response.status_code == 401, name
         assert response.get_json()["error"]["code"] == "webhook.invalid", name
     big = b'{"padding": "' + b"x" * 3_000_000 + b'"}'
-    response = _post(client, job_id, 1, good, big, _sign(emulator, request_id, big, now))
+    response = _post(client, job_id, 1, good, big, sign_as_fal(emulator, request_id, big, now))
     assert response.status_code == 413
     assert dispatch.count("tryons.complete") == 0
     assert job_row(svc, job_id).status == "processing"
@@ -172,12 +168,12 @@ def test_a_replayed_delivery_and_one_for_an_unknown_request_change_nothing(
     other = json.dumps({"request_id": "unknown-request", "status": "ERROR",
                         "payload": {"detail": [{"type": "content_policy_violation"}]}}).encode()
     assert _post(client, job_id, 1, token, other,
-                 _sign(emulator, "unknown-request", other, now)).status_code == 200
+                 sign_as_fal(emulator, "unknown-request", other, now)).status_code == 200
     assert job_row(svc, job_id).status == "processing"
     # the genuine delivery, twice (fal retries deliveries; an attacker may replay one)
     body = json.dumps({"request_id": request_id, "status": "ERROR",
                        "payload": {"detail": [{"type": "content_policy_violation"}]}}).encode()
-    signed = _sign(emulator, request_id, body, now)
+    signed = sign_as_fal(emulator, request_id, body, now)
     for _ in range(2):
         assert _post(client, job_id, 1, token, body, signed).status_code == 200
     job = job_row(svc, job_id)

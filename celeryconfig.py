@@ -1,7 +1,7 @@
-"""Celery settings (read by shared/queue.py). JSON only: no pickle ever crosses
-the broker. Values that differ per deployment come from shared.config."""
+"""Celery settings (read by shared/core/tasks.py). JSON only: no pickle ever crosses
+the broker. Values that differ per deployment come from shared.core.config."""
 
-from shared.config import get_settings
+from shared.core.config import get_settings
 
 _settings = get_settings()
 

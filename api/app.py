@@ -12,12 +12,12 @@ from api import context, health, me, webhooks
 from api.errors import register_error_handlers
 from api.tryons.resources import blp as tryons_blp
 from api.uploads.resources import blp as uploads_blp
-from shared.auth import TokenVerifier
-from shared.config import Settings, get_settings
-from shared.fal_webhooks import FalWebhookVerifier
-from shared.idempotency import IdempotencyStore
-from shared.observability import configure_logging, init_sentry
-from shared.quota import QuotaService
+from shared.access.auth import TokenVerifier
+from shared.access.idempotency import IdempotencyStore
+from shared.access.quota import QuotaService
+from shared.core.config import Settings, get_settings
+from shared.core.observability import configure_logging, init_sentry
+from shared.fal.webhooks import FalWebhookVerifier
 from shared.services import Services
 
 API_CONFIG: dict[str, Any] = {

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from flask import Flask, Response, current_app, g, request
 
-from shared.auth import KeysUnavailable, TokenError, TokenVerifier
-from shared.errors import AppError
-from shared.observability import (
+from shared.access.auth import KeysUnavailable, TokenError, TokenVerifier
+from shared.access.quota import QuotaService
+from shared.core.errors import AppError
+from shared.core.observability import (
     accept_or_make_correlation_id,
     reset_correlation_id,
     set_correlation_id,
 )
-from shared.quota import QuotaService
 from shared.services import Services
 
 PUBLIC_PREFIXES = ("/v1/webhooks/",)

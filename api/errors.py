@@ -14,10 +14,10 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
-from shared import metrics
-from shared.errors import ERROR_KINDS, AppError
-from shared.i18n import message_key, normalize_locale, translate
-from shared.storage import StorageUnavailable
+from shared.core import metrics
+from shared.core.errors import ERROR_KINDS, AppError
+from shared.core.i18n import message_key, normalize_locale, translate
+from shared.storage.s3 import StorageUnavailable
 
 log = logging.getLogger(__name__)
 

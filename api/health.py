@@ -48,7 +48,7 @@ def _check_redis() -> None:
 
 
 def _check_broker() -> None:
-    from shared.queue import celery_app
+    from shared.core.tasks import celery_app
 
     with celery_app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)

@@ -10,8 +10,8 @@ from marshmallow import fields
 
 from api.context import current_user_id, services
 from api.schemas import BaseSchema
-from shared.erasure_requests import read_erasure, request_erasure
 from shared.models import ErasureRequest, ErasureStatus
+from shared.privacy.erasure_requests import read_erasure, request_erasure
 
 blp = Blueprint("me", __name__, url_prefix="/v1/me", description="The signed-in user")
 

@@ -16,15 +16,15 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.context import services
-from shared.errors import AppError
-from shared.fal_webhooks import (
+from shared.core.errors import AppError
+from shared.fal.webhooks import (
     FalWebhookVerifier,
     SignedDelivery,
     VerifierUnavailable,
     WebhookRejected,
     check_job_token,
 )
-from shared.tryon_pipeline import COMPLETE_TASK, completion_from_webhook
+from shared.tryons.pipeline import COMPLETE_TASK, completion_from_webhook
 
 log = logging.getLogger(__name__)
 blp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks",

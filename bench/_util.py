@@ -268,7 +268,7 @@ def fresh_database(admin_url: str, prefix: str = "hf_bench") -> Iterator[str]:
     """A new PostgreSQL database, migrated to head, dropped afterwards (also on failure)."""
     import psycopg
 
-    from shared.migrate import upgrade
+    from shared.core.migrate import upgrade
 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:

@@ -6,7 +6,7 @@
 
 What it does (everything on 127.0.0.1, every run bounded in time):
 
-1. Creates a fresh PostgreSQL database, migrates it (shared.migrate.upgrade), and
+1. Creates a fresh PostgreSQL database, migrates it (shared.core.migrate.upgrade), and
    drops it at the end (also on Ctrl-C / failure).
 2. Starts the real API (`gunicorn api.wsgi:app`) and the bare baseline
    (`gunicorn bare_app:app`, bench/bare_app.py) with identical gunicorn settings:
@@ -468,18 +468,18 @@ def instrumented_run(app: Any, caller: WsgiCaller, n: int) -> dict[str, Any]:
     import redis
     from sqlalchemy import event
 
-    import shared.auth
-    import shared.quota
-    import shared.storage
+    import shared.access.auth
+    import shared.access.quota
+    import shared.storage.s3
 
     svc = app.extensions["hairfluencer"]
     timers = Timers()
     undo = [
-        timers.wrap(shared.auth.TokenVerifier, "verify", "auth: JWT verify (HS256)"),
-        timers.wrap(shared.quota.QuotaService, "check_request_rate", "redis: rate limits (ip, user)"),
-        timers.wrap(shared.quota.QuotaService, "consume_presign", "redis: daily presign quota"),
+        timers.wrap(shared.access.auth.TokenVerifier, "verify", "auth: JWT verify (HS256)"),
+        timers.wrap(shared.access.quota.QuotaService, "check_request_rate", "redis: rate limits (ip, user)"),
+        timers.wrap(shared.access.quota.QuotaService, "consume_presign", "redis: daily presign quota"),
         timers.wrap(redis.Redis, "execute_command", "redis: round trips (inside the above)"),
-        timers.wrap(shared.storage.S3Storage, "presign_put", "sign: boto3 generate_presigned_url"),
+        timers.wrap(shared.storage.s3.S3Storage, "presign_put", "sign: boto3 generate_presigned_url"),
         timers.wrap(botocore.auth.S3SigV4QueryAuth, "add_auth", "sign: SigV4 maths (inside the above)"),
         timers.wrap(marshmallow.Schema, "load", "marshmallow: load request"),
         timers.wrap(marshmallow.Schema, "dump", "marshmallow: dump response"),
@@ -858,7 +858,7 @@ def what_if(app: Any, run_id: str, n: int) -> dict[str, Any]:
                 conn.execute(ins_a, a)
                 conn.commit()
 
-        from shared import audit
+        from shared.core import audit
         from shared.models import Upload
 
         def orm() -> None:
@@ -887,7 +887,7 @@ def profile(args: argparse.Namespace, env: dict[str, str], tokens: list[str], ru
     import bare_app
 
     from api.app import create_app
-    from shared.config import load_settings
+    from shared.core.config import load_settings
 
     settings = load_settings(env)
     app = create_app(settings, configure_logs=False)
@@ -999,8 +999,8 @@ def main() -> None:
     args = ap.parse_args()
 
     sys.path.insert(0, str(REPO_ROOT))
-    from shared.auth import issue_dev_token
-    from shared.config import load_settings
+    from shared.access.auth import issue_dev_token
+    from shared.core.config import load_settings
 
     started = time.monotonic()
     info = machine_info()

@@ -12,7 +12,7 @@ What it does (everything on 127.0.0.1; every wait is bounded; every process it s
 is stopped by PID / process group, and the database is dropped, also on failure):
 
 Setup (not timed)
-  - a fresh PostgreSQL database (CREATE DATABASE, shared.migrate.upgrade, DROP at the end);
+  - a fresh PostgreSQL database (CREATE DATABASE, shared.core.migrate.upgrade, DROP at the end);
   - its own redis-server (devstack.redis_server.start_redis);
   - S3 = moto's server (devstack.localstack.MotoS3; LocalStack manages ~150 ops/s here
     and would dominate), buckets made by `hairfluencer setup-storage`;
@@ -929,7 +929,7 @@ def micro_costs(env: dict[str, str], selfie: bytes) -> dict[str, Any]:
     stack's settings (SSL_CERT_FILE = the emulator's CA bundle, as the worker has it)."""
     from PIL import Image
 
-    from shared.images import sanitize
+    from shared.images.sanitize import sanitize
 
     out: dict[str, Any] = {}
     saved = os.environ.get("SSL_CERT_FILE")
@@ -1015,10 +1015,10 @@ def component_profile(env: dict[str, str], plan: list[tuple[str, str, str]], n: 
     No Celery, no contention: the intrinsic cost of each step. Polling mode
     (PUBLIC_BASE_URL empty) so the emulator sends no webhook and the running worker
     does not touch these jobs; jobs are created with tryons.start and no dispatch."""
-    import shared.tryon_pipeline as tp
-    from shared import tryons
-    from shared.config import load_settings
+    import shared.tryons.pipeline as tp
+    from shared.core.config import load_settings
     from shared.services import Services
+    from shared.tryons import use_cases as tryons
 
     env2 = dict(env, PUBLIC_BASE_URL="")
     saved = os.environ.get("SSL_CERT_FILE")
@@ -1145,8 +1145,8 @@ def run_all(args: argparse.Namespace, configs: list[Config], run2_config: Config
     es.callback(stack.stop)
     stack.start_beat()
     stack.start(configs[0])
-    from shared.auth import issue_dev_token
-    from shared.config import load_settings
+    from shared.access.auth import issue_dev_token
+    from shared.core.config import load_settings
 
     settings = load_settings(env)
     users = [f"bench-user-{i:03d}" for i in range(args.users)]

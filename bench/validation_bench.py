@@ -128,7 +128,7 @@ def worker(path: str, content_type: str, seconds: float, heif_threads: int | Non
 
     if heif_threads is not None:
         pillow_heif.options.DECODE_THREADS = heif_threads
-    from shared.images import inspect_and_decode, sanitize
+    from shared.images.sanitize import inspect_and_decode, sanitize
 
     data = Path(path).read_bytes()
     rss_ready_kb = _status_kb("VmRSS")
@@ -210,8 +210,7 @@ def statistics_mean(values: list[float]) -> float:
 
 def sanitize_steps(path: Path, content_type: str, reps: int = 5) -> dict[str, float]:
     """Where sanitize spends its time (in this process, after the timed runs)."""
-    from shared import images as im
-
+    from shared.images import sanitize as im
     data = path.read_bytes()
     steps: dict[str, float] = {}
     for _ in range(reps):

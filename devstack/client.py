@@ -17,8 +17,8 @@ from typing import Any
 import click
 import httpx
 
-from shared.auth import issue_dev_token
-from shared.config import get_settings
+from shared.access.auth import issue_dev_token
+from shared.core.config import get_settings
 
 POLL_LIMIT_SECONDS = 180
 

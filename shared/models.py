@@ -149,7 +149,7 @@ class TryOn(Base):
     # fal failures seen (the retry budget); claims taken over are not counted here.
     fal_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     # The retention tag the result objects are known to carry (`temporary`, `kept`),
-    # or None when they must be brought in line with `favorite` (shared/result_store.py).
+    # or None when they must be brought in line with `favorite` (shared/tryons/results.py).
     result_tags: Mapped[str | None] = mapped_column(String(16))
     # SHA-256 of the client's Idempotency-Key: the database's guarantee of one job
     # per key, under the Redis record that replays the original response.

@@ -10,20 +10,20 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.clock import Clock, utcnow
-from shared.config import Settings
-from shared.db import make_engine, make_session_factory
-from shared.storage import ObjectStorage, S3Storage
+from shared.core.clock import Clock, utcnow
+from shared.core.config import Settings
+from shared.core.db import make_engine, make_session_factory
+from shared.storage.s3 import ObjectStorage, S3Storage
 
 if TYPE_CHECKING:
-    from shared.fal_gateway import FalGateway
-    from shared.idempotency import IdempotencyStore
+    from shared.access.idempotency import IdempotencyStore
+    from shared.fal.gateway import FalGateway
 
 Dispatcher = Callable[..., bool]
 
 
 def _default_dispatch(task_name: str, *args: object, countdown: float | None = None) -> bool:
-    from shared.queue import send
+    from shared.core.tasks import send
 
     return send(task_name, *args, countdown=countdown)
 
@@ -45,20 +45,20 @@ class Services:
 
     @cached_property
     def fal(self) -> FalGateway:
-        from shared.fal_gateway import FalClientGateway
+        from shared.fal.gateway import FalClientGateway
 
         return FalClientGateway(self.settings)
 
     @cached_property
     def idempotency(self) -> IdempotencyStore:
         """Idempotency-Key records (the API replays them; an erasure forgets them)."""
-        from shared.idempotency import IdempotencyStore
+        from shared.access.idempotency import IdempotencyStore
 
         return IdempotencyStore(self.settings.redis_url)
 
     @cached_property
     def scanners(self) -> list[object]:
-        from shared.scanners import build_scanners
+        from shared.images.scanners import build_scanners
 
         s = self.settings
         return list(build_scanners(face_enabled=s.face_detection,

@@ -29,9 +29,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
-from shared.config import Settings, load_settings
-from shared.observability import json_handler, quiet_noisy_loggers
-from shared.quota import QuotaService
+from shared.access.quota import QuotaService
+from shared.core.config import Settings, load_settings
+from shared.core.observability import json_handler, quiet_noisy_loggers
 from shared.services import Services
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -99,7 +99,7 @@ def pg_url() -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
     url = f"{base}/{name}"
-    from shared.migrate import upgrade
+    from shared.core.migrate import upgrade
 
     upgrade(url)
     try:
@@ -113,7 +113,7 @@ def pg_url() -> Iterator[str]:
 def buckets(s3_endpoint: str) -> tuple[str, str]:
     suffix = uuid.uuid4().hex[:8]
     uploads, processed = f"hf-up-{suffix}", f"hf-proc-{suffix}"
-    from shared.storage_setup import apply
+    from shared.storage.setup import apply
 
     settings = make_settings(s3_endpoint_url=s3_endpoint, uploads_bucket=uploads,
                              processed_bucket=processed)
@@ -261,9 +261,9 @@ def live_api(app: Any, svc: Services) -> Iterator[str]:
 def svc(settings: Settings, dispatch: InlineDispatch) -> Iterator[Services]:
     services = Services.from_settings(settings)
     services.dispatch = dispatch
-    from shared import tryon_pipeline as tp
-    from shared.erasure import erase
-    from shared.validation import validate_upload
+    from shared.privacy.erasure import erase
+    from shared.tryons import pipeline as tp
+    from shared.uploads.validation import validate_upload
 
     dispatch.handlers.update({
         "uploads.validate": lambda upload_id: validate_upload(services, upload_id),
@@ -306,7 +306,7 @@ def client(app):  # type: ignore[no-untyped-def]
 
 @pytest.fixture
 def token() -> Callable[[str], str]:
-    from shared.auth import issue_dev_token
+    from shared.access.auth import issue_dev_token
 
     s = make_settings()
     return lambda user_id: issue_dev_token(s, user_id, 3600)

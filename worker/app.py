@@ -1,4 +1,4 @@
-"""The worker's Celery application: shared.queue's app with the tasks registered
+"""The worker's Celery application: shared.core.tasks's app with the tasks registered
 and the process-wide concerns (logging, Sentry, correlation ids) wired in.
 
 Run: celery -A worker.app worker -Q default,uploads,tryons,tryons_done,maintenance
@@ -13,9 +13,9 @@ from typing import Any
 from celery import signals
 
 import worker.tasks  # noqa: E402,F401  - registers the tasks on the app
-from shared.config import get_settings
-from shared.observability import configure_logging, init_sentry, install_redaction
-from shared.queue import celery_app
+from shared.core.config import get_settings
+from shared.core.observability import configure_logging, init_sentry, install_redaction
+from shared.core.tasks import celery_app
 
 app = celery_app
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from celery import Task
 
-from shared import metrics
-from shared.config import get_settings
-from shared.observability import reset_correlation_id, set_correlation_id
-from shared.queue import CORRELATION_HEADER, SENT_AT_HEADER
+from shared.core import metrics
+from shared.core.config import get_settings
+from shared.core.observability import reset_correlation_id, set_correlation_id
+from shared.core.tasks import CORRELATION_HEADER, SENT_AT_HEADER
 from shared.services import Services
 
 _services: Services | None = None

@@ -7,12 +7,15 @@ from celery.exceptions import SoftTimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared import erasure, result_store, retention, tryon_pipeline
-from shared.queue import celery_app
-from shared.scanners import ScannerUnavailable
-from shared.storage import StorageUnavailable
-from shared.tryons import release_idempotency_keys
-from shared.validation import give_up, validate_upload
+from shared.core.tasks import celery_app
+from shared.images.scanners import ScannerUnavailable
+from shared.privacy import erasure
+from shared.storage.s3 import StorageUnavailable
+from shared.tryons import pipeline as tryon_pipeline
+from shared.tryons import results as result_store
+from shared.tryons.use_cases import release_idempotency_keys
+from shared.uploads import retention
+from shared.uploads.validation import give_up, validate_upload
 from worker.base import AppTask
 
 # Dependencies that come back: storage, clamd, the database (a restart, a killed

@@ -20,10 +20,10 @@ from api.tryons.schemas import (
     TryOnRequestSchema,
     TryOnSchema,
 )
-from shared import tryons
-from shared.hairstyles import catalogue
-from shared.idempotency import IdempotencyStore, fingerprint
+from shared.access.idempotency import IdempotencyStore, fingerprint
 from shared.models import JobStatus, TryOn
+from shared.tryons import use_cases as tryons
+from shared.tryons.hairstyles import catalogue
 
 blp = Blueprint("try-ons", __name__, url_prefix="/v1", description="Hairstyle try-on jobs")
 POLL_HINT_SECONDS = 2

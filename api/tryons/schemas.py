@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from api.schemas import BaseSchema, PageArgsSchema
-from shared.hairstyles import MAX_USER_PROMPT
+from shared.tryons.hairstyles import MAX_USER_PROMPT
 
 JOB_STATUSES = ["queued", "processing", "succeeded", "failed"]
 

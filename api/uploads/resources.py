@@ -18,8 +18,8 @@ from api.uploads.schemas import (
     UploadSchema,
     upload_view,
 )
-from shared import uploads
 from shared.models import Upload
+from shared.uploads import use_cases as uploads
 
 blp = Blueprint("uploads", __name__, url_prefix="/v1/uploads",
                 description="Direct-to-storage selfie uploads")

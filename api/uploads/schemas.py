@@ -7,7 +7,7 @@ from typing import Any
 from marshmallow import fields, validate
 
 from api.schemas import BaseSchema, PageArgsSchema
-from shared.keys import EXTENSIONS
+from shared.storage.keys import EXTENSIONS
 
 
 class PresignRequestSchema(BaseSchema):

@@ -1,1 +1,1 @@
-"""Alembic migrations; run with `hairfluencer migrate` (shared.migrate.upgrade)."""
+"""Alembic migrations; run with `hairfluencer migrate` (shared.core.migrate.upgrade)."""

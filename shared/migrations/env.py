@@ -1,4 +1,4 @@
-"""Alembic environment: the URL comes from the caller (shared.migrate), never from a file."""
+"""Alembic environment: the URL comes from the caller (shared.core.migrate), never from a file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from alembic import context
 from sqlalchemy import pool
 
-from shared.db import make_engine
+from shared.core.db import make_engine
 from shared.models import Base
 
 config = context.config

@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from shared.auth import issue_dev_token
-from shared.config import Settings
+from shared.access.auth import issue_dev_token
+from shared.core.config import Settings
 
 
 class Refused(Exception):

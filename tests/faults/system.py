@@ -26,7 +26,7 @@ from devstack.dev import stack_environment
 from devstack.fal_emulator import FalEmulatorProcess, start_emulator_process
 from devstack.localstack import LocalStackS3
 from devstack.procs import ManagedProcess, free_port, port_accepts, wait_until
-from shared.config import Settings, load_settings
+from shared.core.config import Settings, load_settings
 from tests.conftest import PG_ADMIN_URL
 from tests.faults.s3_proxy import FaultyS3Proxy
 

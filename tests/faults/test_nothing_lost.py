@@ -27,9 +27,9 @@ import pytest
 from sqlalchemy import func, select
 
 from devstack.procs import wait_until
-from shared.keys import user_prefixes
 from shared.models import AuditEvent, ErasureRequest, TryOn, Upload
 from shared.services import Services
+from shared.storage.keys import user_prefixes
 from tests.conftest import fixture_bytes
 from tests.faults.app_client import AppClient
 from tests.faults.system import System

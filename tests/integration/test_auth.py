@@ -12,7 +12,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from shared.i18n import MESSAGES
+from shared.core.i18n import MESSAGES
 from tests.conftest import DEV_SECRET, make_settings
 from tests.security.test_jwt_attacks import Jwks as Keys
 from tests.security.test_jwt_attacks import serve
@@ -129,7 +129,7 @@ def test_dev_tokens(client, token):
 
 
 def test_production_refuses_the_dev_secret():
-    from shared.config import ConfigError
+    from shared.core.config import ConfigError
 
     with pytest.raises(ConfigError):
         make_settings(env="production")

@@ -12,12 +12,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from shared import erasure, result_store
-from shared import tryon_pipeline as tp
-from shared.i18n import MESSAGES
-from shared.keys import user_prefixes
+from shared.core.i18n import MESSAGES
 from shared.models import AuditEvent, ErasureRequest, TryOn, Upload
-from shared.storage import StorageUnavailable
+from shared.privacy import erasure
+from shared.storage.keys import user_prefixes
+from shared.storage.s3 import StorageUnavailable
+from shared.tryons import pipeline as tp
+from shared.tryons import results as result_store
 from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_tryons import (
     job_row,

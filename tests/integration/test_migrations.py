@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine
 
-from shared.migrate import alembic_config, upgrade
+from shared.core.migrate import alembic_config, upgrade
 from shared.models import Base
 from tests.conftest import PG_ADMIN_URL
 

@@ -11,17 +11,18 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from shared import result_store, retention
-from shared import tryon_pipeline as tp
-from shared.i18n import MESSAGES
+from shared.core.i18n import MESSAGES
 from shared.models import AuditEvent
-from shared.storage import StorageUnavailable
+from shared.storage.s3 import StorageUnavailable
+from shared.tryons import pipeline as tp
+from shared.tryons import results as result_store
+from shared.uploads import retention
 from tests.integration.test_tryons import (
     job_row,
     ready_job,
 )
 
-LIFECYCLE = timedelta(days=7)  # the processed bucket's rule (shared/storage_setup.py)
+LIFECYCLE = timedelta(days=7)  # the processed bucket's rule (shared/storage/setup.py)
 
 
 def tag(svc, key: str) -> str:

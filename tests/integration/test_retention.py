@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from shared import retention
 from shared.models import AuditEvent, Upload
-from shared.storage import ObjectMissing
+from shared.storage.s3 import ObjectMissing
+from shared.uploads import retention
 from tests.conftest import fixture_bytes
 from tests.integration.test_upload_flow import upload_ready
 

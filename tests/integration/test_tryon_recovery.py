@@ -17,8 +17,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from devstack.procs import wait_until
-from shared import tryon_pipeline as tp
 from shared.models import TryOn
+from shared.tryons import pipeline as tp
 from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_tryons import (
     job_row,

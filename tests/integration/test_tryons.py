@@ -18,10 +18,10 @@ import pytest
 from PIL import Image, ImageChops, ImageStat
 from sqlalchemy import select
 
-from shared import tryon_pipeline
-from shared.i18n import MESSAGES
+from shared.core.i18n import MESSAGES
 from shared.models import AuditEvent, TryOn, Upload
-from shared.storage import ObjectMissing
+from shared.storage.s3 import ObjectMissing
+from shared.tryons import pipeline as tryon_pipeline
 from tests.conftest import assert_no_secrets, fixture_bytes
 from tests.integration.test_upload_flow import upload_ready
 
@@ -176,7 +176,7 @@ def test_forged_and_misdirected_webhooks_are_refused(client, auth, svc, dispatch
                                                      live_api):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from shared.fal_webhooks import job_token
+    from shared.fal.webhooks import job_token
 
     emulator.configure(job_faults=["never_complete"])
     headers = auth("walt")
@@ -439,8 +439,7 @@ def test_favorite_keeps_the_result(client, auth, svc, dispatch, settings):
     tags = svc.storage.client.get_object_tagging(Bucket=settings.processed_bucket,
                                                  Key=job.result_key)["TagSet"]
     assert {"Key": "retention", "Value": "kept"} in tags
-    from shared import retention
-
+    from shared.uploads import retention
     later = svc.clock() + timedelta(days=30)
     svc.clock = lambda: later
     assert retention.delete_expired_results(svc) == 0
@@ -538,7 +537,7 @@ def sign_as_fal(emulator, request_id: str, body: bytes, ts: int | None = None) -
 
 def test_correctly_signed_webhooks_are_still_refused_when_misdirected(
         client, auth, svc, dispatch, emulator, live_api):
-    from shared.fal_webhooks import job_token
+    from shared.fal.webhooks import job_token
 
     emulator.configure(job_faults=["never_complete"], webhook_mode="none")
     headers = auth("pia")
@@ -641,8 +640,7 @@ def test_erasure_removes_every_object_and_row_but_keeps_the_audit_trail(
 
 def test_erasure_with_the_broker_down_is_accepted_and_resumed_by_the_beat(client, auth, svc,
                                                                          dispatch):
-    from shared import erasure
-
+    from shared.privacy import erasure
     headers = auth("uli")
     upload = upload_ready(client, headers, ASTRONAUT)
     dispatch.broker_down = True

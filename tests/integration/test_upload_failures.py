@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from shared.i18n import MESSAGES
+from shared.core.i18n import MESSAGES
 from shared.models import AuditEvent, Upload
-from shared.storage import ObjectMissing
+from shared.storage.s3 import ObjectMissing
 from tests.conftest import assert_no_secrets, fixture_bytes
 from tests.integration.test_upload_flow import presign, put, sha256_b64
 
@@ -283,8 +283,7 @@ def test_unknown_route_and_method_use_the_envelope(client, auth):
 def test_confirm_with_broker_down_is_reconciled(client, auth, svc, dispatch):
     from datetime import timedelta
 
-    from shared import retention
-
+    from shared.uploads import retention
     issued = _issued_and_put(client, auth())
     dispatch.broker_down = True
     response = client.post("/v1/uploads/confirm", headers=auth(), json={"key": issued["key"]})

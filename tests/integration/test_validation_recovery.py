@@ -13,12 +13,12 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select
 
 from devstack.procs import wait_until
-from shared import retention
-from shared.i18n import MESSAGES
-from shared.keys import sanitized_key
+from shared.core.i18n import MESSAGES
 from shared.models import AuditEvent, Upload
-from shared.storage import ObjectMissing, StorageUnavailable
-from shared.validation import MAX_CRASHES, validate_upload
+from shared.storage.keys import sanitized_key
+from shared.storage.s3 import ObjectMissing, StorageUnavailable
+from shared.uploads import retention
+from shared.uploads.validation import MAX_CRASHES, validate_upload
 from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_upload_flow import presign, put
 

@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from devstack.procs import wait_until
-from shared import tryon_pipeline as tp
-from shared.config import Settings
-from shared.fal_gateway import FalFailure, FalStatus, classify_completion_error, classify_http
-from shared.fal_webhooks import FalWebhookVerifier, job_token
+from shared.core.config import Settings
+from shared.fal.gateway import FalFailure, FalStatus, classify_completion_error, classify_http
+from shared.fal.webhooks import FalWebhookVerifier, job_token
+from shared.tryons import pipeline as tp
 from tests.conftest import fixture_bytes
 from tests.integration.test_tryons import (
     SpyGateway,

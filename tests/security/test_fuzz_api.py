@@ -17,7 +17,7 @@ def api_schema(pg_url, s3_endpoint, buckets, svc, emulator):
     import uuid
 
     from api.app import create_app
-    from shared.quota import QuotaService
+    from shared.access.quota import QuotaService
 
     s = svc.settings
     quotas = QuotaService(s.redis_url, presign_daily=10_000, user_rate="100000/second",

@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
-from shared.auth import JWKS_REFETCH_SECONDS, TokenVerifier
-from shared.jwks import JwksCache, KeysUnavailable
+from shared.access.auth import JWKS_REFETCH_SECONDS, TokenVerifier
+from shared.core.jwks import JwksCache, KeysUnavailable
 from tests.conftest import DEV_SECRET, make_settings
 
 ISSUER = "https://auth.hairfluencer.test"
@@ -221,7 +221,7 @@ def test_a_key_removed_from_the_set_is_refused_after_the_next_refresh(jwks):
     assert verifier.verify(token).user_id == "user_42"
     state.published.discard("ed-1")  # the auth server retired the key
     clock[0] += 301
-    from shared.auth import TokenError
+    from shared.access.auth import TokenError
 
     with pytest.raises(TokenError):
         verifier.verify(token)

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from shared.fal_webhooks import job_token
-from shared.i18n import MESSAGES
+from shared.access.quota import QuotaService
+from shared.core.i18n import MESSAGES
+from shared.fal.webhooks import job_token
 from shared.models import Upload
-from shared.quota import QuotaService
 from tests.conftest import DEV_SECRET, fixture_bytes
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from shared.fal_webhooks import job_token
+from shared.fal.webhooks import job_token
 from shared.services import Services
 from tests.conftest import assert_no_secrets, fixture_bytes
 from tests.faults.s3_proxy import FaultyS3Proxy
@@ -74,7 +74,7 @@ def sentry() -> Iterator[SentryInbox]:
     import sentry_sdk
     from sentry_sdk.integrations.flask import FlaskIntegration
 
-    from shared.observability import init_sentry
+    from shared.core.observability import init_sentry
 
     inbox = SentryInbox()
     init_sentry(inbox.dsn, "test", [FlaskIntegration()])
@@ -127,9 +127,10 @@ def test_nothing_secret_reaches_logs_task_arguments_or_sentry(
     assert fal_media
 
     # The beat's passes over all of it (their logs are part of what is checked).
-    from shared import erasure, result_store, retention
-    from shared import tryon_pipeline as tp
-
+    from shared.privacy import erasure
+    from shared.tryons import pipeline as tp
+    from shared.tryons import results as result_store
+    from shared.uploads import retention
     tp.send(svc, tp.reconcile(svc))
     retention.resend_stale_validations(svc)
     retention.purge_raw_objects(svc)
@@ -141,7 +142,7 @@ def test_nothing_secret_reaches_logs_task_arguments_or_sentry(
     def explode(*_: Any, **__: Any) -> None:
         raise RuntimeError(f"boom fetching {body['resultUrl']} with Bearer {bearer}")
 
-    monkeypatch.setattr("shared.uploads.get", explode)
+    monkeypatch.setattr("shared.uploads.use_cases.get", explode)
     response = client.get(f"/v1/uploads/{upload['uploadId']}", headers=headers)
     assert response.status_code == 500
     assert response.get_json()["error"]["code"] == "internal.error"

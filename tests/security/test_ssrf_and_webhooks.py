@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from shared import tryon_pipeline as tp
-from shared.fal_gateway import FalFailure
-from shared.fal_webhooks import job_token
-from shared.media_hosts import MediaHosts
+from shared.core.media_hosts import MediaHosts
+from shared.fal.gateway import FalFailure
+from shared.fal.webhooks import job_token
+from shared.tryons import pipeline as tp
 from tests.conftest import fixture_bytes
 from tests.integration.test_tryons import job_row, queued_job, sign_as_fal, start_job
 from tests.integration.test_upload_flow import upload_ready

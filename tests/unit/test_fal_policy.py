@@ -10,9 +10,10 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from shared.errors import ERROR_KINDS
-from shared.fal_gateway import classify_completion_error, classify_http, parse_output
-from shared.fal_webhooks import (
+from shared.core.errors import ERROR_KINDS
+from shared.core.i18n import MESSAGES
+from shared.fal.gateway import classify_completion_error, classify_http, parse_output
+from shared.fal.webhooks import (
     FalWebhookVerifier,
     SignedDelivery,
     WebhookRejected,
@@ -20,7 +21,6 @@ from shared.fal_webhooks import (
     job_token,
     webhook_url,
 )
-from shared.i18n import MESSAGES
 
 
 @pytest.mark.parametrize(("status", "headers", "error_type", "model", "code", "retriable"), [

@@ -5,8 +5,8 @@ from __future__ import annotations
 import fakeredis
 import pytest
 
-from shared.errors import AppError
-from shared.idempotency import IdempotencyStore, fingerprint
+from shared.access.idempotency import IdempotencyStore, fingerprint
+from shared.core.errors import AppError
 
 
 @pytest.fixture

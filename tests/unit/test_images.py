@@ -1,4 +1,4 @@
-"""shared.images: format checks, pixel caps, truncation, and metadata-free re-encoding.
+"""shared.images.sanitize: format checks, pixel caps, truncation, and metadata-free re-encoding.
 
 All odd inputs (other formats, EXIF, ICC, bombs, polyglots) are generated here from the
 three real photos, so nothing but those photos is committed.
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageCms, ImageFile
 
-from shared.images import (
+from shared.images.sanitize import (
     ALLOWED_FORMATS,
     ImageRejected,
     InspectedImage,
@@ -358,7 +358,7 @@ def test_bomb_check_keeps_memory_low(tmp_path: Path) -> None:
         f"""
         import json, resource, sys, time
         sys.path.insert(0, {str(REPO_ROOT)!r})
-        from shared.images import ImageRejected, inspect_and_decode
+        from shared.images.sanitize import ImageRejected, inspect_and_decode
         data = open({str(bomb_path)!r}, "rb").read()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         started = time.perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from shared.leases import LeaseKeeper
+from shared.core.leases import LeaseKeeper
 
 
 def test_renews_while_working_and_stops_after():

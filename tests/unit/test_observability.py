@@ -6,7 +6,7 @@ import io
 import json
 import logging
 
-from shared.observability import json_handler, redact, scrub_sentry_event
+from shared.core.observability import json_handler, redact, scrub_sentry_event
 
 SIGNED = ("https://s3.example.com/bucket/uploads/u/x.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256"
           "&X-Amz-Credential=AKIA%2F20261123&X-Amz-Date=20261123T000000Z&X-Amz-Expires=300"
@@ -46,12 +46,12 @@ def test_sentry_events_are_scrubbed():
 
 
 def test_tasks_sent_from_a_request_carry_its_correlation_id():
-    """The API sends tasks by name through shared.queue; its publish hook stamps
+    """The API sends tasks by name through shared.core.tasks; its publish hook stamps
     the correlation id under a header Celery does not reserve."""
     from celery import signals
 
-    from shared.observability import reset_correlation_id, set_correlation_id
-    from shared.queue import CORRELATION_HEADER, SENT_AT_HEADER
+    from shared.core.observability import reset_correlation_id, set_correlation_id
+    from shared.core.tasks import CORRELATION_HEADER, SENT_AT_HEADER
 
     headers: dict[str, object] = {}
     token = set_correlation_id("req-42")

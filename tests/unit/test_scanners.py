@@ -1,4 +1,4 @@
-"""shared.scanners: the Haar face check, clamd's INSTREAM protocol (against a fake and a
+"""shared.images.scanners: the Haar face check, clamd's INSTREAM protocol (against a fake and a
 real clamd), the NSFW placeholder and the factory.
 
 Optional tools (OpenCV, clamd) are skipped when absent locally, but CI=true turns the
@@ -24,8 +24,8 @@ from typing import NoReturn
 import pytest
 from PIL import Image
 
-from shared.images import inspect_and_decode
-from shared.scanners import (
+from shared.images.sanitize import inspect_and_decode
+from shared.images.scanners import (
     MALWARE,
     MULTIPLE_FACES,
     NO_FACE,
@@ -430,12 +430,12 @@ def test_factory_order_and_types() -> None:
 
 def test_nsfw_plugin_by_import_path() -> None:
     scanners = build_scanners(
-        face_enabled=False, clamd_address=None, nsfw="shared.scanners:NoopNsfwDetector"
+        face_enabled=False, clamd_address=None, nsfw="shared.images.scanners:NoopNsfwDetector"
     )
     assert [type(s) for s in scanners] == [NoopNsfwDetector]
 
 
-@pytest.mark.parametrize("spec", ["yes", "shared.scanners:", ":NoopNsfwDetector"])
+@pytest.mark.parametrize("spec", ["yes", "shared.images.scanners:", ":NoopNsfwDetector"])
 def test_unknown_nsfw_spec_is_a_configuration_error(spec: str) -> None:
     with pytest.raises(ValueError):
         build_scanners(face_enabled=False, clamd_address=None, nsfw=spec)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs, urlsplit
 
-from shared.storage import S3Storage
+from shared.storage.s3 import S3Storage
 from tests.conftest import make_settings
 
 

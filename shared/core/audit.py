@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
+from shared.core.observability import current_correlation_id
 from shared.models import AuditEvent
-from shared.observability import current_correlation_id
 
 
 def record(session: Session | Connection, *, at: datetime, user_id: str, action: str,

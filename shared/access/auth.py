@@ -1,7 +1,7 @@
 """Bearer-token verification (PyJWT).
 
 Production: RS256/EdDSA tokens from the app's auth server (Better Auth's JWT
-plugin), keys from its JWKS URL kept by shared/jwks.py (its refresh policy is
+plugin), keys from its JWKS URL kept by shared/core/jwks.py (its refresh policy is
 ours), issuer and audience required. Development: HS256 with a local secret.
 `alg: none` and any algorithm outside the configured set are refused by PyJWT
 itself because we always pass an explicit algorithm list; the key's own type
@@ -16,9 +16,9 @@ from typing import Any
 
 import jwt
 
-from shared.config import Settings
-from shared.jwks import JwksCache, KeysUnavailable
-from shared.keys import USER_ID
+from shared.core.config import Settings
+from shared.core.jwks import JwksCache, KeysUnavailable
+from shared.storage.keys import USER_ID
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "EdDSA"]
 JWKS_CACHE_SECONDS = 300

@@ -22,7 +22,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.config import Settings
+from shared.core.config import Settings
 
 UPLOAD_CACHE_CONTROL = "no-store"
 

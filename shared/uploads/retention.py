@@ -12,13 +12,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import delete, or_, select, update
 
-from shared import audit
-from shared.db import updated_rows
+from shared.core import audit
+from shared.core.db import updated_rows
 from shared.models import JobStatus, TryOn, Upload, UploadStatus
 from shared.services import Services
-from shared.tryons import erase_job
-from shared.uploads import VALIDATE_TASK, delete_upload
-from shared.validation import give_up
+from shared.tryons.use_cases import erase_job
+from shared.uploads.use_cases import VALIDATE_TASK, delete_upload
+from shared.uploads.validation import give_up
 
 log = logging.getLogger(__name__)
 

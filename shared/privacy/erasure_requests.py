@@ -2,7 +2,7 @@
 the app (GET /v1/me/erasure), and a guard that keeps new uploads and try-ons out
 while it is unfinished, so that an erasure can finish at all.
 
-The work itself is shared/erasure.py; a lost message or a failed run only delays
+The work itself is shared/privacy/erasure.py; a lost message or a failed run only delays
 it, because the beat resumes every unfinished request.
 """
 
@@ -14,8 +14,8 @@ from sqlalchemy import Connection, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared import audit
-from shared.errors import AppError
+from shared.core import audit
+from shared.core.errors import AppError
 from shared.models import ErasureRequest, ErasureStatus, new_id
 from shared.services import Services
 

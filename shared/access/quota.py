@@ -17,7 +17,7 @@ from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
-from shared.errors import AppError
+from shared.core.errors import AppError
 
 
 @dataclass(frozen=True)

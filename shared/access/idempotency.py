@@ -14,7 +14,7 @@ from typing import Any
 
 import redis
 
-from shared.errors import AppError
+from shared.core.errors import AppError
 
 TTL_SECONDS = 24 * 3600
 PENDING_TTL_SECONDS = 60

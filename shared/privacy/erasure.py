@@ -2,7 +2,7 @@
 the audit trail and the erasure request itself stay (they name ids, never image
 bytes or URLs).
 
-A run claims the request with a lease it renews while it works (shared/leases.py),
+A run claims the request with a lease it renews while it works (shared/core/leases.py),
 so a run whose worker died is resumed by the beat within seconds; any error is
 retried. Every step is idempotent: rows are removed one by one under their row
 lock (a worker finishing a validation or a try-on at that moment either wrote
@@ -22,14 +22,14 @@ from datetime import timedelta
 
 from sqlalchemy import delete, func, or_, select, update
 
-from shared import audit, metrics
-from shared.db import updated_rows
-from shared.erasure_requests import ERASE_TASK, RESEND_AFTER, UNFINISHED
-from shared.keys import check_user_id, sanitized_key, user_prefixes
-from shared.leases import LeaseKeeper
+from shared.core import audit, metrics
+from shared.core.db import updated_rows
+from shared.core.leases import LeaseKeeper
 from shared.models import ErasureRequest, ErasureStatus, TryOn, Upload
+from shared.privacy.erasure_requests import ERASE_TASK, RESEND_AFTER, UNFINISHED
 from shared.services import Services
-from shared.tryons import erase_job
+from shared.storage.keys import check_user_id, sanitized_key, user_prefixes
+from shared.tryons.use_cases import erase_job
 
 log = logging.getLogger(__name__)
 

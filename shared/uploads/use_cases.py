@@ -1,8 +1,8 @@
 """The upload use cases: presign, confirm, read, list, delete.
 
 Plain functions over `Services`; the API views and tests call them directly.
-Deep validation (in the worker) lives in shared/validation.py, retention in
-shared/retention.py.
+Deep validation (in the worker) lives in shared/uploads/validation.py, retention in
+shared/uploads/retention.py.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from shared import audit, metrics
-from shared.db import updated_rows
-from shared.erasure_requests import refuse_while_erasing
-from shared.errors import AppError
-from shared.keys import EXTENSIONS, parse_raw_key, raw_upload_key, sanitized_key
+from shared.core import audit, metrics
+from shared.core.db import updated_rows
+from shared.core.errors import AppError
+from shared.core.pagination import Page, is_uuid, page
 from shared.models import Upload, UploadStatus
-from shared.pagination import Page, is_uuid, page
+from shared.privacy.erasure_requests import refuse_while_erasing
 from shared.services import Services
-from shared.storage import ObjectMissing, PresignedPut
+from shared.storage.keys import EXTENSIONS, parse_raw_key, raw_upload_key, sanitized_key
+from shared.storage.s3 import ObjectMissing, PresignedPut
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def confirm(svc: Services, user_id: str, key: str, *, width: int | None = None,
                      subject_type="upload", subject_id=upload.id, size=info.size)
     metrics.UPLOAD_CONFIRMED.inc()
     # Sent only after the commit, so the worker always finds the row; if the
-    # broker is down the reconciler re-sends it (shared/retention.py).
+    # broker is down the reconciler re-sends it (shared/uploads/retention.py).
     svc.dispatch(VALIDATE_TASK, upload.id)
     return get(svc, user_id, upload.id)
 

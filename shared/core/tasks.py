@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from shared.observability import current_correlation_id
+from shared.core.observability import current_correlation_id
 
 log = logging.getLogger(__name__)
 

@@ -37,15 +37,16 @@ from typing import Any
 import httpx
 from sqlalchemy import or_, select, update
 
-from shared import audit, metrics, result_store
-from shared.db import updated_rows
-from shared.fal_gateway import FalFailure, cancel_quietly, classify_completion_error, parse_output
-from shared.fal_webhooks import webhook_url
-from shared.hairstyles import catalogue, compose_prompt
+from shared.core import audit, metrics
+from shared.core.db import updated_rows
+from shared.fal.gateway import FalFailure, cancel_quietly, classify_completion_error, parse_output
+from shared.fal.webhooks import webhook_url
 from shared.models import JobStatus, TryOn, Upload, UploadStatus
 from shared.services import Services
-from shared.storage import StorageUnavailable
-from shared.tryons import RUN_TASK, result_deadline
+from shared.storage.s3 import StorageUnavailable
+from shared.tryons import results as result_store
+from shared.tryons.hairstyles import catalogue, compose_prompt
+from shared.tryons.use_cases import RUN_TASK, result_deadline
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ def _media_client() -> httpx.Client:
 
 
 def _download(svc: Services, url: str) -> bytes:
-    """Only from fal's media hosts (shared/media_hosts.py), size-capped, no redirects."""
+    """Only from fal's media hosts (shared/core/media_hosts.py), size-capped, no redirects."""
     if not svc.settings.media_hosts.allows(url):
         raise FalFailure("fal.bad_result", retriable=False, error_type="host not allowed")
     limit = svc.settings.result_max_bytes

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from PIL import Image
 from sqlalchemy import select
 
-from shared.images import ImageRejected, SanitizedImage, sanitize
-from shared.keys import result_keys
+from shared.images.sanitize import ImageRejected, SanitizedImage, sanitize
 from shared.models import JobStatus, TryOn
 from shared.services import Services
-from shared.storage import ObjectMissing
+from shared.storage.keys import result_keys
+from shared.storage.s3 import ObjectMissing
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Pluggable content checks for uploads that already decoded (see shared.images).
+"""Pluggable content checks for uploads that already decoded (see shared.images.sanitize).
 
 Every scanner is off unless configured. Each one answers ``scan(data, image)`` with
 ``None`` (accepted) or a :class:`ScanVerdict` (rejected, with a stable ``upload.*`` code).
@@ -19,7 +19,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from PIL import Image
 
-from shared.images import apply_orientation
+from shared.images.sanitize import apply_orientation
 
 # Stable rejection codes.
 NO_FACE: Final = "upload.no_face"

@@ -17,7 +17,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.errors import AppError
+from shared.core.errors import AppError
 
 MAX_PAGE = 100
 T = TypeVar("T")

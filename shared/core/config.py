@@ -15,9 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from shared.media_hosts import MediaHosts
+from shared.core.media_hosts import MediaHosts
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # Development-only HS256 secret shared by `hairfluencer dev` and `hairfluencer token`
 # of one checkout; git-ignored. Production never reads it (see _dev_secret).
 DEV_SECRET_FILE = REPO_ROOT / ".devstack" / "dev-jwt-secret"

@@ -7,7 +7,7 @@ header → full decode → optional hooks (face, antivirus, NSFW) → sanitize i
 rejection, final and not retried; a failure of our dependencies (storage,
 clamd) raises so the task retries.
 
-A validation is leased (shared/leases.py): the claiming worker names itself (its
+A validation is leased (shared/core/leases.py): the claiming worker names itself (its
 task id), so a delivery of the same message after that worker died takes over at
 once, and a worker that died whole is replaced by the beat when the lease ends.
 A claim that never came back counts as a crash; an image whose validation crashed
@@ -28,15 +28,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from shared import audit, metrics
-from shared.db import updated_rows
-from shared.images import ImageRejected, SanitizedImage, inspect_and_decode, sanitize
-from shared.keys import sanitized_key
-from shared.leases import LeaseKeeper
+from shared.core import audit, metrics
+from shared.core.db import updated_rows
+from shared.core.leases import LeaseKeeper
+from shared.images.sanitize import ImageRejected, SanitizedImage, inspect_and_decode, sanitize
 from shared.models import Upload, UploadStatus
 from shared.services import Services
-from shared.storage import ObjectMissing, sha256_b64
-from shared.uploads import remove_raw_bytes
+from shared.storage.keys import sanitized_key
+from shared.storage.s3 import ObjectMissing, sha256_b64
+from shared.uploads.use_cases import remove_raw_bytes
 
 log = logging.getLogger(__name__)
 

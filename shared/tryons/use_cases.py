@@ -1,7 +1,7 @@
 """Try-on use cases on the API side: start, read, list, favorite, delete.
 
 The worker side (fal submission, completion, retries, deadline) is in
-shared/tryon_pipeline.py.
+shared/tryons/pipeline.py.
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from datetime import datetime, timedelta
 from sqlalchemy import case, delete, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
-from shared import audit, result_store
-from shared.db import updated_rows
-from shared.erasure_requests import refuse_while_erasing
-from shared.errors import AppError
-from shared.fal_gateway import cancel_quietly
-from shared.hairstyles import catalogue
-from shared.keys import parse_raw_key
+from shared.core import audit
+from shared.core.db import updated_rows
+from shared.core.errors import AppError
+from shared.core.pagination import Page, is_uuid, page
+from shared.fal.gateway import cancel_quietly
 from shared.models import JobStatus, TryOn, Upload, UploadStatus, UTCDateTime
-from shared.pagination import Page, is_uuid, page
+from shared.privacy.erasure_requests import refuse_while_erasing
 from shared.services import Services
+from shared.storage.keys import parse_raw_key
+from shared.tryons import results as result_store
+from shared.tryons.hairstyles import catalogue
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def set_favorite(svc: Services, user_id: str, job_id: str, favorite: bool) -> Tr
     starts the default retention again from now.
 
     The row is changed first and is the truth; the objects' tag follows it right
-    away, or, if storage fails now, at the beat's next pass (shared/result_store.py)."""
+    away, or, if storage fails now, at the beat's next pass (shared/tryons/results.py)."""
     job = get(svc, user_id, job_id)
     if job.status == JobStatus.FAILED:
         raise AppError("tryon.no_result")

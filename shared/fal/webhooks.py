@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from shared.jwks import Fetch, JwksCache, KeysUnavailable, http_fetch
+from shared.core.jwks import Fetch, JwksCache, KeysUnavailable, http_fetch
 
 TIMESTAMP_TOLERANCE_SECONDS = 300
 # fal documents: cache its keys for at most 24 h.

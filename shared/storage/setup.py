@@ -17,8 +17,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from shared.config import Settings
-from shared.storage import S3Storage
+from shared.core.config import Settings
+from shared.storage.s3 import S3Storage
 
 RESULT_TAG = ("retention", "temporary")
 

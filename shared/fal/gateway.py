@@ -19,7 +19,7 @@ import fal_client
 import fal_client.client as fal_http
 import httpx
 
-from shared.config import Settings
+from shared.core.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import httpx
 
 from devstack.fal_emulator import FalEmulatorProcess, start_emulator_process
 from devstack.localstack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, start_s3
-from devstack.procs import ManagedProcess, free_port, tail, wait_until
+from devstack.procs import ManagedProcess, free_port, on_stop_signals, tail, wait_until
 from devstack.redis_server import start_redis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -74,13 +73,10 @@ def running_stack(port: int, data_dir: Path, workers: int = 2,
                   fal_latency: float = 2.0) -> Iterator[dict[str, str]]:
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
-    with ExitStack() as stack:
-        s3 = start_s3(data_dir=data_dir)
-        stack.callback(s3.stop)
-        redis = start_redis(data_dir / "redis")
-        stack.callback(redis.stop)
-        fal = start_emulator_process(data_dir / "fal-emulator", latency=fal_latency)
-        stack.callback(fal.stop)
+    with ExitStack() as stack:  # every server entered here is stopped on the way out
+        s3 = stack.enter_context(start_s3(data_dir=data_dir))
+        redis = stack.enter_context(start_redis(data_dir / "redis"))
+        fal = stack.enter_context(start_emulator_process(data_dir / "fal-emulator", latency=fal_latency))
         env = stack_environment(data_dir, s3.endpoint_url, redis.url, fal, port)
         prom = Path(env["PROMETHEUS_MULTIPROC_DIR"])
         prom.mkdir(parents=True, exist_ok=True)
@@ -103,11 +99,10 @@ def running_stack(port: int, data_dir: Path, workers: int = 2,
                            logs / "api.log", env=env, cwd=REPO_ROOT, name="api"),
         ]
         for process in processes:
-            process.start()
-            stack.callback(process.stop)
+            stack.enter_context(process)  # starts it
         base = f"http://127.0.0.1:{port}"
-        if not wait_until(lambda: _ready(base) or not all(p.alive() for p in processes),
-                          timeout=READY_TIMEOUT, interval=0.5) or not _ready(base):
+        if not wait_until(lambda: _ready(base), READY_TIMEOUT, interval=0.5,
+                          abort=lambda: not all(p.alive() for p in processes)):
             dead = [p for p in processes if not p.alive()] or processes
             raise click.ClickException("the stack did not become ready:\n" + "\n".join(
                 f"--- {p.name} ---\n{tail(p.log_path)}" for p in dead))
@@ -139,8 +134,7 @@ def dev_command(port: int, data_dir: Path, workers: int, fal_latency: float) -> 
     def _stop(*_: object) -> None:
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    on_stop_signals(_stop)
     with running_stack(port, data_dir.resolve(), workers, fal_latency) as env:
         token = subprocess.run([_bin("hairfluencer"), "token", DEV_USER], env=env, check=True,
                                capture_output=True, text=True).stdout.strip()

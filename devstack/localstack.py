@@ -18,16 +18,22 @@ import http.client
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Literal, Self
 
-from devstack.procs import ManagedProcess, free_port, tail, wait_until
+from devstack.procs import (
+    LaunchError,
+    ManagedProcess,
+    ServerHandle,
+    free_port,
+    on_stop_signals,
+    python_env,
+    tail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,7 @@ INSTALL_TIMEOUT = 900.0
 _INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME")
 
 
-class S3LaunchError(RuntimeError):
+class S3LaunchError(LaunchError):
     """LocalStack (or moto) could not be installed or did not become ready."""
 
 
@@ -193,15 +199,16 @@ def _answers_http(port: int) -> bool:
     return status > 0
 
 
-class _S3Server:
+class _S3Server(ServerHandle):
     """Common part of both S3 launchers: one process, one port, one endpoint URL."""
 
     name = "s3"
     verifies_signatures = False
+    log_name: str  # in data_dir, like the server's data
+    default_data_dir: Path
 
     def __init__(self) -> None:
         self.port: int | None = None
-        self.process: ManagedProcess | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -218,48 +225,47 @@ class _S3Server:
             "region_name": REGION,
         }
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.alive()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-    def _launch(self, process: ManagedProcess, ready: Callable[[], bool], timeout: float) -> None:
+    def start(
+        self,
+        port: int | None = None,
+        data_dir: Path | None = None,
+        timeout: float = START_TIMEOUT,
+    ) -> Self:
+        """Start the server in data_dir (default: default_data_dir) and wait until it serves S3."""
         if self.alive():
             raise RuntimeError(f"{self.name} is already running at {self.endpoint_url}")
-        self.process = process.start()
+        data_dir = self.default_data_dir if data_dir is None else data_dir
+        self._prepare(data_dir)
+        self.port = port = port or free_port()
+        args, env = self._command(port, data_dir)
+        self.process = ManagedProcess(args, data_dir / self.log_name, env=env, cwd=data_dir, name=self.name)
         started = time.monotonic()
-        if not wait_until(ready, timeout, interval=0.2, abort=lambda: not process.alive()):
-            code = process.returncode
-            process.stop()
-            state = f"exited with code {code}" if code is not None else f"not ready in {timeout:.0f} s"
-            raise S3LaunchError(
-                f"{self.name} {state}; last lines of {process.log_path}:\n{process.log_tail()}"
-            )
+        self.process.start_until_ready(lambda: self._ready(port), timeout, interval=0.2, error=S3LaunchError)
         log.info("%s ready at %s in %.1f s", self.name, self.endpoint_url, time.monotonic() - started)
-
-    def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    def _prepare(self, data_dir: Path) -> None:  # this and the next two differ between the servers
+        data_dir.mkdir(parents=True, exist_ok=True)
+
+    def _command(self, port: int, data_dir: Path) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def _ready(self, port: int) -> bool:
+        return _answers_http(port)
 
     def __repr__(self) -> str:
         url = self.endpoint_url if self.port else "not started"
         return f"<{type(self).__name__} {url}>"
 
 
+def _inherited(base: Mapping[str, str]) -> dict[str, str]:
+    return {key: base[key] for key in _INHERITED_ENV if key in base}
+
+
 def localstack_env(port: int, data_dir: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment LocalStack needs to check signatures and stay inside data_dir."""
-    base = os.environ if base is None else base
-    env = {key: base[key] for key in _INHERITED_ENV if key in base}
-    env.update(
+    return python_env(
+        _inherited(os.environ if base is None else base),
         S3_SKIP_SIGNATURE_VALIDATION="0",  # LocalStack's default is to skip the checks
         SERVICES="s3",
         EAGER_SERVICE_LOADING="1",
@@ -275,9 +281,7 @@ def localstack_env(port: int, data_dir: Path, base: Mapping[str, str] | None = N
         DISABLE_EVENTS="1",
         DNS_ADDRESS="0",
         PERSISTENCE="0",
-        PYTHONUNBUFFERED="1",  # the log must be complete when we show its tail
     )
-    return env
 
 
 class LocalStackS3(_S3Server):
@@ -285,35 +289,27 @@ class LocalStackS3(_S3Server):
 
     name = "LocalStack S3"
     verifies_signatures = True
+    log_name = "localstack.log"
+    default_data_dir = DEFAULT_DATA_DIR
 
     def __init__(self, venv_dir: Path = DEFAULT_VENV_DIR) -> None:
         super().__init__()
         self.venv_dir = venv_dir
 
-    def start(
-        self,
-        port: int | None = None,
-        data_dir: Path = DEFAULT_DATA_DIR,
-        timeout: float = START_TIMEOUT,
-    ) -> Self:
-        python = _venv_python(self.venv_dir)
+    def _prepare(self, data_dir: Path) -> None:
         if not is_installed(self.venv_dir):
             raise S3LaunchError(
                 f"LocalStack is not installed in {self.venv_dir}; call ensure_installed() first"
             )
-        self.port = port or free_port()
         for sub in ("filesystem", "volume"):
             (data_dir / sub).mkdir(parents=True, exist_ok=True)
-        process = ManagedProcess(
-            [str(python), "-m", "localstack.runtime.main"],
-            data_dir / "localstack.log",
-            env=localstack_env(self.port, data_dir),
-            cwd=data_dir,
-            name=self.name,
-        )
-        port_ = self.port
-        self._launch(process, lambda: _s3_running(port_), timeout)
-        return self
+
+    def _command(self, port: int, data_dir: Path) -> tuple[list[str], dict[str, str]]:
+        args = [str(_venv_python(self.venv_dir)), "-m", "localstack.runtime.main"]
+        return args, localstack_env(port, data_dir)
+
+    def _ready(self, port: int) -> bool:
+        return _s3_running(port)
 
 
 class MotoS3(_S3Server):
@@ -321,32 +317,20 @@ class MotoS3(_S3Server):
 
     name = "moto S3"
     verifies_signatures = False
+    log_name = "moto.log"
+    default_data_dir = DEFAULT_MOTO_DATA_DIR
 
-    def start(
-        self,
-        port: int | None = None,
-        data_dir: Path = DEFAULT_MOTO_DATA_DIR,
-        timeout: float = START_TIMEOUT,
-    ) -> Self:
+    def _prepare(self, data_dir: Path) -> None:
         log.warning(
             "Using moto as the S3 endpoint: moto does NOT check presigned-URL signatures "
             "or expiry, so uploads that production S3 would refuse (wrong Content-Type, "
             "wrong length, extra headers, expired URLs) succeed here."
         )
-        self.port = port or free_port()
-        data_dir.mkdir(parents=True, exist_ok=True)
-        env = {key: os.environ[key] for key in _INHERITED_ENV if key in os.environ}
-        env["PYTHONUNBUFFERED"] = "1"
-        process = ManagedProcess(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            data_dir / "moto.log",
-            env=env,
-            cwd=data_dir,
-            name=self.name,
-        )
-        port_ = self.port
-        self._launch(process, lambda: _answers_http(port_), timeout)
-        return self
+        super()._prepare(data_dir)
+
+    def _command(self, port: int, data_dir: Path) -> tuple[list[str], dict[str, str]]:
+        args = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        return args, python_env(_inherited(os.environ))
 
 
 def start_s3(
@@ -394,11 +378,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # The server runs in its own process group, so a signal aimed at us would orphan
-    # it; turning SIGTERM (and SIGINT, which shells ignore in background jobs) into
-    # KeyboardInterrupt lets the `with` block stop it.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM and SIGINT become KeyboardInterrupt, so that the `with` block stops the
+    # server (in a process group of its own, which the signal does not reach).
+    on_stop_signals()
     with start_s3(prefer=args.prefer, data_dir=args.data_dir, port=args.port) as s3:
         print(f"S3 endpoint:   {s3.endpoint_url}")
         print(f"credentials:   {ACCESS_KEY_ID} / {SECRET_ACCESS_KEY}, region {REGION}")

@@ -1,8 +1,16 @@
-"""Process helpers shared by the development launchers.
+"""Process handling shared by the development launchers, written once.
 
 Every server is started in its own process group so that `stop()` also reaches the
 children a server may fork, and so that Ctrl-C in the terminal of the
 parent is not delivered to the servers twice.
+
+- `ManagedProcess`: one such subprocess, its output in a log file;
+  `start_until_ready()` starts it and waits for a readiness probe, or stops it and
+  raises `LaunchError` with the last lines of its log;
+- `ServerHandle`: the base of the launchers' handles (Redis, S3, the fal emulator):
+  `alive()`, `stop()` and `with` for the process a launcher started;
+- `StopsOnExit`: the context-manager protocol of everything above (`with x:` stops x);
+- `free_port`, `port_accepts`, `wait_until`, `tail`, `python_env`, `on_stop_signals`.
 """
 
 from __future__ import annotations
@@ -18,8 +26,8 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Self
+from types import FrameType, TracebackType
+from typing import IO, Any, Self
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +36,10 @@ DEFAULT_STOP_TIMEOUT = 10.0
 # Processes still running when the interpreter exits are stopped, so a crashed test
 # session or an exception between start() and stop() does not leave servers behind.
 _running: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
+
+
+class LaunchError(RuntimeError):
+    """A server exited while starting, or did not become ready in time."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -79,6 +91,26 @@ def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bo
         return False
 
 
+def on_stop_signals(handler: Callable[[int, FrameType | None], Any] = signal.default_int_handler) -> None:
+    """Run `handler` on SIGTERM and SIGINT (SIGINT too: shells ignore it in background jobs).
+
+    The default turns both into KeyboardInterrupt, so that `with` blocks stop the
+    servers, which run in process groups of their own that a signal aimed at the
+    launcher does not reach.
+    """
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def python_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a Python child: `base` (default: ours) plus `extra`, unbuffered,
+    so that its log is complete when its tail is shown."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
 def tail(path: Path, lines: int = 40, width: int = 400) -> str:
     """Last `lines` lines of a log file, each cut to `width` ('' when there is no file).
 
@@ -93,8 +125,30 @@ def tail(path: Path, lines: int = 40, width: int = 400) -> str:
     return "\n".join(line if len(line) <= width else line[:width] + " [...]" for line in last)
 
 
-class ManagedProcess:
-    """A subprocess in its own process group whose output goes to a log file."""
+class StopsOnExit:
+    """`with x:` returns x and calls `x.stop()` at the end of the block."""
+
+    def stop(self) -> object:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ManagedProcess(StopsOnExit):
+    """A subprocess in its own process group whose output goes to a log file.
+
+    `with ManagedProcess(...) as proc:` starts it (unless it was started already) and
+    stops it at the end of the block.
+    """
 
     def __init__(
         self,
@@ -140,6 +194,27 @@ class ManagedProcess:
         log.debug("started %s (pid %s): %s", self.name, self._popen.pid, self.args)
         return self
 
+    def start_until_ready(
+        self,
+        ready: Callable[[], bool],
+        timeout: float,
+        *,
+        interval: float = 0.1,
+        error: type[Exception] = LaunchError,
+    ) -> Self:
+        """start(), then wait until `ready()` is True (see wait_until).
+
+        When the process exits first or `timeout` passes, it is stopped and `error` is
+        raised with the exit code and the last lines of its log.
+        """
+        self.start()
+        if not wait_until(ready, timeout, interval=interval, abort=lambda: not self.alive()):
+            code = self.returncode
+            self.stop()
+            state = f"exited with code {code}" if code is not None else f"not ready in {timeout:.0f} s"
+            raise error(f"{self.name} {state}; last lines of {self.log_path}:\n{self.log_tail()}")
+        return self
+
     def alive(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
 
@@ -180,17 +255,22 @@ class ManagedProcess:
     def __enter__(self) -> Self:
         return self if self._popen is not None else self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def __repr__(self) -> str:
         state = "running" if self.alive() else "stopped"
         return f"<ManagedProcess {self.name} pid={self.pid} {state}>"
+
+
+class ServerHandle(StopsOnExit):
+    """A launcher's handle on the server process it started (`process`: None until then)."""
+
+    process: ManagedProcess | None = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
 
 
 @atexit.register

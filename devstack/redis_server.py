@@ -8,15 +8,13 @@ persists anything: the stack's Redis holds only queues, rate limits and caches.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import socket
 import sys
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
-from devstack.procs import ManagedProcess, free_port, wait_until
+from devstack.procs import ManagedProcess, ServerHandle, free_port, python_env
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +41,7 @@ def ping(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
         return sock.recv(64).startswith(b"+PONG")
 
 
-class RedisServer:
+class RedisServer(ServerHandle):
     """A running Redis (real or fake) on 127.0.0.1; `.url` is a redis:// URL."""
 
     def __init__(self, process: ManagedProcess, port: int, kind: Kind) -> None:
@@ -54,23 +52,6 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def alive(self) -> bool:
-        return self.process.alive()
-
-    def stop(self) -> None:
-        self.process.stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<RedisServer {self.kind} {self.url}>"
@@ -98,9 +79,8 @@ def _redis_server_process(binary: str, port: int, data_dir: Path) -> ManagedProc
 
 
 def _fakeredis_process(port: int, data_dir: Path) -> ManagedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     args = [sys.executable, "-c", _FAKE_SERVER_CODE, str(port)]
-    return ManagedProcess(args, data_dir / "fakeredis.log", env=env, cwd=data_dir, name="fakeredis")
+    return ManagedProcess(args, data_dir / "fakeredis.log", env=python_env(), cwd=data_dir, name="fakeredis")
 
 
 def _choose_kind(prefer: Kind | None) -> tuple[Kind, str | None]:
@@ -116,7 +96,8 @@ def start_redis(data_dir: Path, port: int | None = None, prefer: Kind | None = N
     """Start Redis on a free 127.0.0.1 port and wait until it answers PING.
 
     prefer="fakeredis" forces the fallback (used to test it); by default a real
-    redis-server is used when one is installed.
+    redis-server is used when one is installed. Raises LaunchError (a RuntimeError)
+    when the server exits first or does not answer in time.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -125,14 +106,7 @@ def start_redis(data_dir: Path, port: int | None = None, prefer: Kind | None = N
         process = _redis_server_process(binary, port, data_dir)
     else:
         process = _fakeredis_process(port, data_dir)
-    process.start()
-    if not wait_until(lambda: ping(port), START_TIMEOUT, interval=0.05, abort=lambda: not process.alive()):
-        code = process.returncode
-        process.stop()
-        raise RuntimeError(
-            f"{kind} on port {port} did not answer PING (exit code {code}); "
-            f"last lines of {process.log_path}:\n{process.log_tail()}"
-        )
+    process.start_until_ready(lambda: ping(port), START_TIMEOUT, interval=0.05)
     server = RedisServer(process, port, kind)
     log.info("%s ready at %s", kind, server.url)
     return server

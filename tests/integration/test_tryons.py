@@ -525,9 +525,9 @@ def test_hairstyles_catalogue(client, auth):
 
 def sign_as_fal(emulator, request_id: str, body: bytes, ts: int | None = None) -> dict[str, str]:
     """The headers of a webhook delivery signed with fal's (the emulator's) key."""
-    from devstack.fal_emulator import _load_signing_key
+    from devstack.fal_emulator import load_signing_key
 
-    key = _load_signing_key(emulator.state_dir)
+    key = load_signing_key(emulator.state_dir)
     ts = int(time.time()) if ts is None else ts
     message = f"{request_id}\nfal-user\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
     return {"X-Fal-Webhook-Request-Id": request_id, "X-Fal-Webhook-User-Id": "fal-user",

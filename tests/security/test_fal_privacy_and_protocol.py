@@ -129,13 +129,13 @@ def test_a_completed_status_with_an_error_is_classified_from_the_result_body(
 
 
 def _signed(emulator: Any, request_id: str, body: bytes) -> dict[str, str]:
-    from devstack.fal_emulator import _load_signing_key
+    from devstack.fal_emulator import load_signing_key
 
     ts = str(int(time.time()))
     message = f"{request_id}\nfal-user\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
     return {"X-Fal-Webhook-Request-Id": request_id, "X-Fal-Webhook-User-Id": "fal-user",
             "X-Fal-Webhook-Timestamp": ts,
-            "X-Fal-Webhook-Signature": _load_signing_key(emulator.state_dir).sign(message).hex()}
+            "X-Fal-Webhook-Signature": load_signing_key(emulator.state_dir).sign(message).hex()}
 
 
 def test_a_webhook_whose_body_names_other_ids_is_taken_by_its_signed_request_id(

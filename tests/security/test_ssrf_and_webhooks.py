@@ -103,12 +103,12 @@ def test_a_redirect_from_a_media_host_is_not_followed(svc, media):
 # --- webhooks -------------------------------------------------------------------------
 
 def _sign(emulator: Any, request_id: str, body: bytes, ts: int) -> dict[str, str]:
-    from devstack.fal_emulator import _load_signing_key
+    from devstack.fal_emulator import load_signing_key
 
     message = f"{request_id}\nfal-user\n{ts}\n{hashlib.sha256(body).hexdigest()}".encode()
     return {"X-Fal-Webhook-Request-Id": request_id, "X-Fal-Webhook-User-Id": "fal-user",
             "X-Fal-Webhook-Timestamp": str(ts),
-            "X-Fal-Webhook-Signature": _load_signing_key(emulator.state_dir).sign(message).hex()}
+            "X-Fal-Webhook-Signature": load_signing_key(emulator.state_dir).sign(message).hex()}
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Celery settings (read by shared/core/tasks.py). JSON only: no pickle ever crosses
 the broker. Values that differ per deployment come from shared.core.config."""
 
+from shared.core import task_names as tasks
 from shared.core.config import get_settings
 
 _settings = get_settings()
@@ -24,12 +25,8 @@ worker_prefetch_multiplier = 1
 broker_transport_options = {"visibility_timeout": 3600}
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 2
-task_default_queue = "default"
-# Finishing jobs has its own queue: a worker consumes its queues in turn, so a
-# burst of new jobs does not delay the completion of jobs fal has finished.
-task_routes = {"uploads.*": {"queue": "uploads"},
-               "tryons.run": {"queue": "tryons"}, "tryons.*": {"queue": "tryons_done"},
-               "maintenance.*": {"queue": "maintenance"}, "users.*": {"queue": "maintenance"}}
+task_default_queue = tasks.DEFAULT_QUEUE
+task_routes = {name: {"queue": queue} for name, queue in tasks.QUEUES.items()}
 worker_send_task_events = True
 task_send_sent_event = True
 worker_hijack_root_logger = False
@@ -47,12 +44,12 @@ def _entry(task: str, every: float) -> dict[str, object]:
 # The reconcilers take over work whose worker died or whose message was lost; they
 # are cheap indexed queries, so they run often (a dead worker costs seconds).
 beat_schedule = {
-    "reconcile-tryons": _entry("maintenance.reconcile_tryons", _reconcile),
-    "resend-stale-validations": _entry("maintenance.resend_stale_validations", _reconcile),
-    "resume-erasures": _entry("maintenance.resume_erasures", _reconcile),
-    "repair-result-tags": _entry("maintenance.repair_result_tags", _every),
-    "purge-raw-uploads": _entry("maintenance.purge_raw_uploads", _every),
-    "upload-retention": _entry("maintenance.upload_retention", _every * 5),
-    "tryon-retention": _entry("maintenance.tryon_retention", _every * 5),
-    "remove-orphans": _entry("maintenance.remove_orphans", _every * 15),
+    "reconcile-tryons": _entry(tasks.RECONCILE_TRYONS, _reconcile),
+    "resend-stale-validations": _entry(tasks.RESEND_STALE_VALIDATIONS, _reconcile),
+    "resume-erasures": _entry(tasks.RESUME_ERASURES, _reconcile),
+    "repair-result-tags": _entry(tasks.REPAIR_RESULT_TAGS, _every),
+    "purge-raw-uploads": _entry(tasks.PURGE_RAW_UPLOADS, _every),
+    "upload-retention": _entry(tasks.UPLOAD_RETENTION, _every * 5),
+    "tryon-retention": _entry(tasks.TRYON_RETENTION, _every * 5),
+    "remove-orphans": _entry(tasks.REMOVE_ORPHANS, _every * 15),
 }

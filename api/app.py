@@ -52,17 +52,14 @@ def create_app(settings: Settings | None = None, svc: Services | None = None,
     if settings.trusted_proxy_count:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)  # type: ignore[method-assign]
     svc = svc or Services.from_settings(settings)
-    app.extensions["hairfluencer"] = svc
     quotas = quotas or QuotaService(
         settings.redis_url, presign_daily=settings.presign_daily_quota,
         user_rate=settings.user_rate, ip_rate=settings.ip_rate,
         tryon_daily=settings.tryon_daily_quota)
-    app.extensions["hairfluencer.quotas"] = quotas
     # One store for the API's replays and the domain's erasure (same Redis namespace).
     svc.idempotency = IdempotencyStore(quotas.redis_url, quotas.namespace)
-    app.extensions["hairfluencer.idempotency"] = svc.idempotency
-    app.extensions["hairfluencer.fal_webhooks"] = FalWebhookVerifier(
-        settings.fal_webhook_jwks_url)
+    app.extensions[context.EXTENSION] = context.AppServices(
+        svc=svc, quotas=quotas, fal_webhooks=FalWebhookVerifier(settings.fal_webhook_jwks_url))
 
     api = Api(app)
     api.register_blueprint(uploads_blp)
@@ -70,6 +67,6 @@ def create_app(settings: Settings | None = None, svc: Services | None = None,
     api.register_blueprint(webhooks.blp)
     api.register_blueprint(me.blp)
     app.register_blueprint(health.blp)
-    context.install(app, TokenVerifier(settings), app.extensions["hairfluencer.quotas"])
+    context.install(app, TokenVerifier(settings), quotas)
     register_error_handlers(app)
     return app

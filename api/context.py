@@ -6,6 +6,8 @@ so no view can forget it; views read the caller with `current_user_id()`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flask import Flask, Response, current_app, g, request
 
 from shared.access.auth import KeysUnavailable, TokenError, TokenVerifier
@@ -16,6 +18,7 @@ from shared.core.observability import (
     reset_correlation_id,
     set_correlation_id,
 )
+from shared.fal.webhooks import FalWebhookVerifier
 from shared.services import Services
 
 PUBLIC_PREFIXES = ("/v1/webhooks/",)
@@ -69,10 +72,17 @@ def _authenticate(verifier: TokenVerifier) -> str:
         raise AppError("service.unavailable", retry_after=30) from None
 
 
-def services() -> Services:
-    """The Services this app was built with."""
-    return current_app.extensions["hairfluencer"]  # type: ignore[no-any-return]
+EXTENSION = "hairfluencer"
 
 
-def quotas() -> QuotaService:
-    return current_app.extensions["hairfluencer.quotas"]  # type: ignore[no-any-return]
+@dataclass(frozen=True)
+class AppServices:
+    """What the app was built with; views reach it only through `app_services()`."""
+
+    svc: Services
+    quotas: QuotaService
+    fal_webhooks: FalWebhookVerifier
+
+
+def app_services() -> AppServices:
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]

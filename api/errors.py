@@ -17,7 +17,7 @@ from werkzeug.exceptions import HTTPException
 from shared.core import metrics
 from shared.core.errors import ERROR_KINDS, AppError
 from shared.core.i18n import message_key, normalize_locale, translate
-from shared.storage.s3 import StorageUnavailable
+from shared.storage.base import StorageUnavailable
 
 log = logging.getLogger(__name__)
 

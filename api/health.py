@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import text
 
-from api.context import quotas, services
+from api.context import app_services
 
 log = logging.getLogger(__name__)
 blp = Blueprint("health", __name__)
@@ -23,7 +23,7 @@ def healthz() -> Response:
 @blp.get("/readyz")
 def readyz() -> tuple[Response, int]:
     checks = {"database": _check_database, "redis": _check_redis, "storage": _check_storage}
-    if services().settings.celery_broker_url != services().settings.redis_url:
+    if app_services().svc.settings.celery_broker_url != app_services().svc.settings.redis_url:
         checks["broker"] = _check_broker
     results: dict[str, str] = {}
     for name, check in checks.items():
@@ -39,12 +39,12 @@ def readyz() -> tuple[Response, int]:
 
 
 def _check_database() -> None:
-    with services().engine.connect() as conn:
+    with app_services().svc.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
 
 
 def _check_redis() -> None:
-    quotas().ping()
+    app_services().quotas.ping()
 
 
 def _check_broker() -> None:
@@ -55,9 +55,9 @@ def _check_broker() -> None:
 
 
 def _check_storage() -> None:
-    svc = services()
-    svc.storage.ping(svc.settings.uploads_bucket)
-    svc.storage.ping(svc.settings.processed_bucket)
+    svc = app_services().svc
+    svc.upload_store.ping()
+    svc.result_store.ping()
 
 
 @blp.get("/metrics")

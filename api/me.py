@@ -8,7 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from marshmallow import fields
 
-from api.context import current_user_id, services
+from api.context import app_services, current_user_id
 from api.schemas import BaseSchema
 from shared.models import ErasureRequest, ErasureStatus
 from shared.privacy.erasure_requests import read_erasure, request_erasure
@@ -37,7 +37,7 @@ class Me(MethodView):
 
         Stored before the answer (so 202 even while the queue is down) and resumed
         until done; asking again returns the same erasure. Poll GET /v1/me/erasure."""
-        return erasure_view(request_erasure(services(), current_user_id()))
+        return erasure_view(request_erasure(app_services().svc, current_user_id()))
 
 
 @blp.route("/erasure")
@@ -45,4 +45,4 @@ class MyErasure(MethodView):
     @blp.response(200, ErasureSchema)
     def get(self) -> Any:
         """How far the caller's erasure is: pending, running, done"""
-        return erasure_view(read_erasure(services(), current_user_id()))
+        return erasure_view(read_erasure(app_services().svc, current_user_id()))

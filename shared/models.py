@@ -110,6 +110,7 @@ class JobStatus:
     PROCESSING = "processing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    IN_FLIGHT = (QUEUED, PROCESSING)
 
 
 class TryOn(Base):
@@ -168,6 +169,7 @@ class ErasureStatus:
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
+    UNFINISHED = (PENDING, RUNNING)
 
 
 class ErasureRequest(Base):

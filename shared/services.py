@@ -1,31 +1,30 @@
-"""The dependencies domain functions receive, built once per process."""
+"""The dependencies domain functions receive, built once per process.
+
+The composition root of `shared`: it sits above the packages whose parts it holds
+(storage, fal, access, images) and below the domains that use it (uploads,
+tryons, privacy). Domain code reaches storage only through the bound stores.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.access.idempotency import IdempotencyStore
 from shared.core.clock import Clock, utcnow
 from shared.core.config import Settings
 from shared.core.db import make_engine, make_session_factory
-from shared.storage.s3 import ObjectStorage, S3Storage
-
-if TYPE_CHECKING:
-    from shared.access.idempotency import IdempotencyStore
-    from shared.fal.gateway import FalGateway
+from shared.core.tasks import send
+from shared.fal.gateway import FalClientGateway, FalGateway
+from shared.images.scanners import Scanner, build_scanners
+from shared.storage.base import BucketStore, ObjectStorage
+from shared.storage.s3 import S3Storage
 
 Dispatcher = Callable[..., bool]
-
-
-def _default_dispatch(task_name: str, *args: object, countdown: float | None = None) -> bool:
-    from shared.core.tasks import send
-
-    return send(task_name, *args, countdown=countdown)
 
 
 @dataclass
@@ -35,7 +34,7 @@ class Services:
     sessions: sessionmaker[Session]
     storage: ObjectStorage
     clock: Clock = utcnow
-    dispatch: Dispatcher = field(default=_default_dispatch)
+    dispatch: Dispatcher = field(default=send)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -43,23 +42,28 @@ class Services:
         return cls(settings=settings, engine=engine, sessions=make_session_factory(engine),
                    storage=S3Storage(settings))
 
+    # Properties, not fields: they follow `storage` and `settings` if a test swaps them.
+    @property
+    def upload_store(self) -> BucketStore:
+        """Raw uploads and sanitized selfies (the private uploads bucket)."""
+        return BucketStore(self.storage, self.settings.uploads_bucket)
+
+    @property
+    def result_store(self) -> BucketStore:
+        """Try-on results and thumbnails (the private processed bucket)."""
+        return BucketStore(self.storage, self.settings.processed_bucket)
+
     @cached_property
     def fal(self) -> FalGateway:
-        from shared.fal.gateway import FalClientGateway
-
         return FalClientGateway(self.settings)
 
     @cached_property
     def idempotency(self) -> IdempotencyStore:
         """Idempotency-Key records (the API replays them; an erasure forgets them)."""
-        from shared.access.idempotency import IdempotencyStore
-
         return IdempotencyStore(self.settings.redis_url)
 
     @cached_property
-    def scanners(self) -> list[object]:
-        from shared.images.scanners import build_scanners
-
+    def scanners(self) -> list[Scanner]:
         s = self.settings
         return list(build_scanners(face_enabled=s.face_detection,
                                    clamd_address=s.clamd_address or None,

@@ -29,10 +29,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import text
 
+import worker.tasks  # noqa: F401  - registers the real tasks the dispatch runs
 from shared.access.quota import QuotaService
 from shared.core.config import Settings, load_settings
 from shared.core.observability import json_handler, quiet_noisy_loggers
+from shared.core.tasks import celery_app
 from shared.services import Services
+from worker.base import use_services
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 PG_ADMIN_URL = os.environ.get("HF_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -154,11 +157,12 @@ _FIELD_BY_ENV = _field_by_env()
 @dataclass
 class InlineDispatch:
     """Stands in for the broker at the boundary the code really uses
-    (`Services.dispatch`): a task sent without a countdown runs at once, one sent
-    with a countdown runs when `run_due` finds it due (real time, so backoffs and
-    polls behave as on a worker)."""
+    (`Services.dispatch`) and runs the worker's real Celery tasks in this process
+    (their bodies, with a request id as a delivery has; autoretry re-raises, as a
+    task called directly does): a task sent without a countdown runs at once, one
+    sent with a countdown runs when `run_due` finds it due (real time, so backoffs
+    and polls behave as on a worker)."""
 
-    handlers: dict[str, Callable[..., Any]] = field(default_factory=dict)
     sent: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     scheduled: list[tuple[float, str, tuple[Any, ...]]] = field(default_factory=list)
     broker_down: bool = False
@@ -170,9 +174,18 @@ class InlineDispatch:
         self.sent.append((name, args))
         if countdown:
             self.scheduled.append((time.monotonic() + countdown, name, args))
-        elif self.run_inline and name in self.handlers:
-            self.handlers[name](*args)
+        elif self.run_inline:
+            self.run_task(name, *args)
         return True
+
+    @staticmethod
+    def run_task(name: str, *args: Any) -> Any:
+        task = celery_app.tasks[name]
+        task.push_request(id=uuid.uuid4().hex, headers={})
+        try:
+            return task.run(*args)
+        finally:
+            task.pop_request()
 
     def run_due(self, until: Callable[[], bool], timeout: float = 30.0) -> None:
         """Run scheduled tasks as they fall due until `until()` holds."""
@@ -187,7 +200,7 @@ class InlineDispatch:
                 continue
             for task in sorted(due):
                 self.scheduled.remove(task)
-                self.handlers[task[1]](*task[2])
+                self.run_task(task[1], *task[2])
 
     def count(self, name: str) -> int:
         return sum(1 for sent_name, _ in self.sent if sent_name == name)
@@ -261,25 +274,13 @@ def live_api(app: Any, svc: Services) -> Iterator[str]:
 def svc(settings: Settings, dispatch: InlineDispatch) -> Iterator[Services]:
     services = Services.from_settings(settings)
     services.dispatch = dispatch
-    from shared.privacy.erasure import erase
-    from shared.tryons import pipeline as tp
-    from shared.uploads.validation import validate_upload
-
-    dispatch.handlers.update({
-        "uploads.validate": lambda upload_id: validate_upload(services, upload_id),
-        "tryons.run": lambda job_id: tp.send(services, tp.run(services, job_id)),
-        "tryons.poll": lambda job_id, attempt, reschedule=True: tp.send(
-            services, tp.poll(services, job_id, attempt, reschedule=reschedule)),
-        "tryons.complete": lambda job_id, attempt, completion: tp.send(
-            services, tp.complete(services, job_id, attempt, tp.Completion(**completion))),
-        "tryons.deadline": lambda job_id: tp.send(services, tp.enforce_deadline(services, job_id)),
-        "users.erase": lambda erasure_id: erase(services, erasure_id, owner=uuid.uuid4().hex),
-    })
+    use_services(services)
     try:
         yield services
     finally:
         with services.engine.begin() as conn:
             conn.execute(text("TRUNCATE uploads, audit_events, try_ons, erasure_requests RESTART IDENTITY"))
+        use_services(None)
         services.engine.dispose()
 
 

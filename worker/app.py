@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import signals
 
-import worker.tasks  # noqa: E402,F401  - registers the tasks on the app
+import worker.tasks  # noqa: F401  - registers the tasks on the app
 from shared.core.config import get_settings
 from shared.core.observability import configure_logging, init_sentry, install_redaction
 from shared.core.tasks import celery_app

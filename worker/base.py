@@ -1,19 +1,33 @@
-"""The task base every task uses: it carries the correlation id from the sender,
-times the task, and holds the process's Services, so each task body is one call."""
+"""The one task base and decorator every task uses.
+
+The base carries the correlation id from the sender, times the task, and hands
+each task the process's Services, so every task body is one domain call. Names
+and queues come from shared/core/task_names.py (queues through celeryconfig's
+routes); delivery options are stated here once per kind of task.
+"""
 
 from __future__ import annotations
 
 import time
-from functools import cached_property
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task
+from redis.exceptions import ConnectionError as RedisConnectionError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.core import metrics
 from shared.core.config import get_settings
 from shared.core.observability import reset_correlation_id, set_correlation_id
-from shared.core.tasks import CORRELATION_HEADER, SENT_AT_HEADER
+from shared.core.tasks import CORRELATION_HEADER, SENT_AT_HEADER, celery_app
+from shared.images.scanners import ScannerUnavailable
 from shared.services import Services
+from shared.storage.base import StorageUnavailable
+
+# Dependencies that come back: storage, clamd, the database (a restart, a killed
+# connection), Redis. The work is idempotent by the state it checks first.
+TRANSIENT = (StorageUnavailable, ScannerUnavailable, ConnectionError, TimeoutError,
+             OperationalError, InterfaceError, RedisConnectionError)
 
 _services: Services | None = None
 
@@ -27,7 +41,8 @@ def services() -> Services:
 
 
 def use_services(svc: Services | None) -> None:
-    """Tests call task bodies with their own Services."""
+    """Run the tasks of this process with these Services (tests run the real tasks
+    in-process against their own; None goes back to building them from settings)."""
     global _services
     _services = svc
 
@@ -37,7 +52,7 @@ class AppTask(Task):  # type: ignore[misc]
     acks_late = True
     ignore_result = True
 
-    @cached_property
+    @property
     def svc(self) -> Services:
         return services()
 
@@ -53,3 +68,21 @@ class AppTask(Task):  # type: ignore[misc]
         finally:
             metrics.TASK_DURATION.labels(task=self.name).observe(time.perf_counter() - started)
             reset_correlation_id(token)
+
+
+# Delivery options by kind of work. Retries are for TRANSIENT errors only, bounded,
+# with jittered backoff; time limits keep a stuck step from holding a slot.
+RETRYING = {"autoretry_for": TRANSIENT, "retry_jitter": True}
+STEP = {**RETRYING, "retry_backoff": 1, "retry_backoff_max": 30, "max_retries": 5,
+        "time_limit": 90, "soft_time_limit": 75}
+VALIDATION = {**RETRYING, "retry_backoff": 2, "retry_backoff_max": 120, "max_retries": 6,
+              "time_limit": 120, "soft_time_limit": 100}
+ERASURE = {**RETRYING, "retry_backoff": 5, "retry_backoff_max": 300, "max_retries": 10,
+           "time_limit": 600, "soft_time_limit": 540}
+# A beat pass is not retried: the next period runs it again.
+MAINTENANCE = {"max_retries": 0, "time_limit": 600, "soft_time_limit": 540}
+
+
+def task(name: str, options: dict[str, Any]) -> Callable[[Callable[..., Any]], Any]:
+    """Register a task under its name with the base, bound to its Services."""
+    return celery_app.task(base=AppTask, bind=True, name=name, **options)  # type: ignore[no-any-return]

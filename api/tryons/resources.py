@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flask import Response, current_app, g, jsonify, request
+from flask import Response, g, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.context import current_user_id, quotas, services
+from api.context import app_services, current_user_id
 from api.errors import error_object, request_locale
 from api.tryons.schemas import (
     HairstyleListSchema,
@@ -20,7 +18,7 @@ from api.tryons.schemas import (
     TryOnRequestSchema,
     TryOnSchema,
 )
-from shared.access.idempotency import IdempotencyStore, fingerprint
+from shared.access.idempotency import Replay
 from shared.models import JobStatus, TryOn
 from shared.tryons import use_cases as tryons
 from shared.tryons.hairstyles import catalogue
@@ -29,39 +27,31 @@ blp = Blueprint("try-ons", __name__, url_prefix="/v1", description="Hairstyle tr
 POLL_HINT_SECONDS = 2
 
 
-def _now() -> float:
-    return time.time()
-
-
-def _url_window(ttl: int) -> tuple[int, int]:
-    """(window index, window length). URLs signed inside one window stay valid past
-    its end, so a client whose ETag still matches holds working URLs."""
-    length = max(30, ttl - 60)
-    return int(_now() // length), length
+def _url_window(ttl: int) -> int:
+    """The window index. URLs signed inside one window stay valid past its end, so a
+    client whose ETag still matches holds working URLs."""
+    return int(app_services().svc.clock().timestamp() // max(30, ttl - 60))
 
 
 def job_view(job: TryOn) -> dict[str, Any]:
-    svc = services()
     body: dict[str, Any] = {
         "jobId": job.id, "status": job.status, "hairstyleId": job.hairstyle_id,
         "uploadId": job.upload_id, "createdAt": job.created_at, "updatedAt": job.updated_at,
         "favorite": job.favorite, "deleteAfter": job.delete_after,
     }
-    if job.status == JobStatus.SUCCEEDED and job.result_key:
-        ttl = svc.settings.result_url_ttl_seconds
-        bucket = svc.settings.processed_bucket
-        body["resultUrl"] = svc.storage.presign_get(bucket, job.result_key, expires_in=ttl)
-        if job.thumbnail_key:
-            body["thumbnailUrl"] = svc.storage.presign_get(bucket, job.thumbnail_key,
-                                                           expires_in=ttl)
-        body["urlsExpireAt"] = datetime.now(UTC) + timedelta(seconds=ttl)
+    links = tryons.result_links(app_services().svc, job)
+    if links is not None:
+        body["resultUrl"] = links.result_url
+        if links.thumbnail_url:
+            body["thumbnailUrl"] = links.thumbnail_url
+        body["urlsExpireAt"] = links.expires_at
     if job.status == JobStatus.FAILED and job.error_code:
         body["error"] = error_object(job.error_code, request_locale())
     return body
 
 
 def _etag_data(job: TryOn) -> dict[str, Any]:
-    window = _url_window(services().settings.result_url_ttl_seconds)[0] \
+    window = _url_window(app_services().svc.settings.result_url_ttl_seconds) \
         if job.status == JobStatus.SUCCEEDED else None
     return {"id": job.id, "status": job.status, "updated": job.updated_at.isoformat(),
             "favorite": job.favorite, "window": window, "locale": request_locale()}
@@ -84,44 +74,31 @@ def _without_urls(view: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in view.items() if k not in SIGNED_FIELDS}
 
 
-def _idempotency() -> IdempotencyStore:
-    return current_app.extensions["hairfluencer.idempotency"]  # type: ignore[no-any-return]
-
-
 @blp.route("/try-ons")
 class TryOnCollection(MethodView):
     @blp.arguments(TryOnRequestSchema)
     @blp.response(202, TryOnSchema)
     def post(self, body: dict[str, Any]) -> Any:
         """Start a try-on job (honours an Idempotency-Key header)"""
-        user_id = current_user_id()
-        key = request.headers.get("Idempotency-Key")
-        print_ = fingerprint(body)
-        if key:
-            key = key[:255]
-            replay = _idempotency().begin(user_id, key, print_)
-            if replay is not None:
-                return _json_response(replay.body, replay.status)
-        try:
-            job = tryons.start(services(), user_id, upload_id=body["uploadId"],
+        user_id, services = current_user_id(), app_services()
+
+        def start(key: str | None) -> Replay:
+            job = tryons.start(services.svc, user_id, upload_id=body["uploadId"],
                                key=body["key"], hairstyle_id=body["hairstyleId"],
                                prompt=body["prompt"], locale=body["locale"] or request_locale(),
                                idempotency_key=key,
-                               charge=lambda: quotas().consume_tryon(user_id))
-        except Exception:
-            if key:
-                _idempotency().abandon(user_id, key)
-            raise
-        view = TryOnSchema().dump(job_view(job))
-        if key:
-            _idempotency().complete(user_id, key, print_, 202, _without_urls(view))
-        return _json_response(view, 202)
+                               charge=lambda: services.quotas.consume_tryon(user_id))
+            return Replay(202, TryOnSchema().dump(job_view(job)))
+
+        answer = services.svc.idempotency.once(user_id, request.headers.get("Idempotency-Key"),
+                                               body, start, _without_urls)
+        return _json_response(answer.body, answer.status)
 
     @blp.arguments(TryOnListArgsSchema, location="query")
     @blp.response(200, TryOnListSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """The caller's try-ons, newest first, in cursor pages"""
-        page = tryons.list_for_user(services(), current_user_id(), limit=args["limit"],
+        page = tryons.list_for_user(app_services().svc, current_user_id(), limit=args["limit"],
                                     cursor=args["cursor"], status=args["status"])
         return {"items": [job_view(j) for j in page.items], "nextCursor": page.next_cursor}
 
@@ -132,7 +109,7 @@ class TryOnItem(MethodView):
     @blp.response(200, TryOnSchema)
     def get(self, job_id: str) -> Any:
         """One job; poll it with If-None-Match (304 while nothing changed)"""
-        job = tryons.get(services(), current_user_id(), job_id)
+        job = tryons.get(app_services().svc, current_user_id(), job_id)
         headers = {}
         if job.status in (JobStatus.QUEUED, JobStatus.PROCESSING):
             g.retry_after = POLL_HINT_SECONDS  # also on a 304 (api/errors.py)
@@ -143,7 +120,7 @@ class TryOnItem(MethodView):
     @blp.response(204)
     def delete(self, job_id: str) -> None:
         """Delete the result objects and the job (a job in flight is canceled at fal)"""
-        tryons.remove(services(), current_user_id(), job_id)
+        tryons.remove(app_services().svc, current_user_id(), job_id)
 
 
 @blp.route("/try-ons/<string:job_id>/favorite")
@@ -151,12 +128,12 @@ class Favorite(MethodView):
     @blp.response(200, TryOnSchema)
     def put(self, job_id: str) -> dict[str, Any]:
         """Keep the result past its default retention"""
-        return job_view(tryons.set_favorite(services(), current_user_id(), job_id, True))
+        return job_view(tryons.set_favorite(app_services().svc, current_user_id(), job_id, True))
 
     @blp.response(200, TryOnSchema)
     def delete(self, job_id: str) -> dict[str, Any]:
         """Stop keeping the result (its default retention starts again now)"""
-        return job_view(tryons.set_favorite(services(), current_user_id(), job_id, False))
+        return job_view(tryons.set_favorite(app_services().svc, current_user_id(), job_id, False))
 
 
 @blp.route("/hairstyles")

@@ -7,7 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.context import current_user_id, quotas, services
+from api.context import app_services, current_user_id
 from api.errors import error_object, request_locale
 from api.uploads.schemas import (
     ConfirmRequestSchema,
@@ -40,9 +40,9 @@ class Presign(MethodView):
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Issue a single-use presigned PUT for one selfie"""
         user_id = current_user_id()
-        issued = uploads.presign(services(), user_id, content_type=body["contentType"],
+        issued = uploads.presign(app_services().svc, user_id, content_type=body["contentType"],
                                  content_length=body["contentLength"], checksum=body["checksum"],
-                                 charge=lambda: quotas().consume_presign(user_id))
+                                 charge=lambda: app_services().quotas.consume_presign(user_id))
         return {"uploadId": issued.upload.id, "key": issued.upload.key,
                 "uploadUrl": issued.put.url, "method": "PUT", "headers": issued.put.headers,
                 "expiresAt": issued.upload.url_expires_at, "maxBytes": issued.max_bytes}
@@ -55,7 +55,7 @@ class Confirm(MethodView):
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Tell the API the upload finished; validation continues in the background"""
         meta = body.get("metadata") or {}
-        upload = uploads.confirm(services(), current_user_id(), body["key"],
+        upload = uploads.confirm(app_services().svc, current_user_id(), body["key"],
                                  width=meta.get("width"), height=meta.get("height"))
         return _view(upload)
 
@@ -66,7 +66,7 @@ class UploadList(MethodView):
     @blp.response(200, UploadListSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """The caller's uploads, newest first, in cursor pages"""
-        page = uploads.list_for_user(services(), current_user_id(), limit=args["limit"],
+        page = uploads.list_for_user(app_services().svc, current_user_id(), limit=args["limit"],
                                      cursor=args["cursor"], status=args["status"])
         return {"items": [_view(u) for u in page.items], "nextCursor": page.next_cursor}
 
@@ -76,10 +76,10 @@ class UploadItem(MethodView):
     @blp.response(200, UploadSchema)
     def get(self, upload_id: str) -> dict[str, Any]:
         """One upload (poll it until `ready` or `rejected`)"""
-        return _view(uploads.get(services(), current_user_id(), upload_id))
+        return _view(uploads.get(app_services().svc, current_user_id(), upload_id))
 
     @blp.response(204)
     def delete(self, upload_id: str) -> None:
         """Delete the selfie's objects now and mark the upload deleted"""
-        uploads.delete(services(), current_user_id(), upload_id)
+        uploads.delete(app_services().svc, current_user_id(), upload_id)
 

@@ -1,5 +1,6 @@
 """`Idempotency-Key` for POST /v1/try-ons: scoped to the user, kept 24 h, a replay
 returns the original status and body; the same key with another body is 409.
+`IdempotencyStore.once` is the whole protocol around one request.
 
 Redis holds the record: first a `pending` marker taken with SET NX (so two
 concurrent requests with one key create one job), then the response.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,7 @@ from shared.core.errors import AppError
 
 TTL_SECONDS = 24 * 3600
 PENDING_TTL_SECONDS = 60
+MAX_KEY_LENGTH = 255
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,28 @@ class IdempotencyStore:
     def _key(self, user_id: str, key: str) -> str:
         digest = hashlib.sha256(key.encode()).hexdigest()
         return f"{self._namespace}:idem:{user_id}:{digest}"
+
+    def once(self, user_id: str, key: str | None, request: dict[str, Any],
+             respond: Callable[[str | None], Replay],
+             replayable: Callable[[dict[str, Any]], dict[str, Any]] = dict) -> Replay:
+        """Answer a request at most once per key: `respond(key)` runs only for a key
+        not seen before (or without a key), and what `replayable` keeps of its answer
+        is what a retry with the same key and body gets back. A request that failed
+        releases its key, so the client may retry with it."""
+        if not key:
+            return respond(None)
+        key = key[:MAX_KEY_LENGTH]
+        print_ = fingerprint(request)
+        replay = self.begin(user_id, key, print_)
+        if replay is not None:
+            return replay
+        try:
+            answer = respond(key)
+        except Exception:
+            self.abandon(user_id, key)
+            raise
+        self.complete(user_id, key, print_, answer.status, replayable(answer.body))
+        return answer
 
     def begin(self, user_id: str, key: str, print_: str) -> Replay | None:
         """None: go ahead (the key is now ours). A Replay: answer with it."""

@@ -1,8 +1,9 @@
 """The Celery application object and a safe way to send tasks by name.
 
-The API sends tasks by name only (it never imports worker code). A send that
-fails because the broker is down is not an error for the caller: the row that
-describes the work is already committed, and a beat reconciler re-sends it.
+The API sends tasks by name only (shared/core/task_names.py; it never imports
+worker code). A send that fails because the broker is down is
+not an error for the caller: the row that describes the work is already
+committed, and a beat reconciler re-sends it.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import fal_client.client as fal_http
 import httpx
 
 from shared.core.config import Settings
+from shared.fal.completions import model_error_type
 
 log = logging.getLogger(__name__)
 
@@ -226,12 +227,9 @@ def classify_http(status: int, headers: dict[str, str], error_type: str | None,
 
 def _model_error_type(response: httpx.Response) -> str | None:
     try:
-        detail = response.json().get("detail")
+        return model_error_type(response.json())
     except (ValueError, AttributeError):
         return None
-    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        return str(detail[0].get("type")) if detail[0].get("type") else None
-    return None
 
 
 def classify_completion_error(error_type: str | None) -> FalFailure:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -22,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.core.jwks import Fetch, JwksCache, KeysUnavailable, http_fetch
+from shared.fal.completions import Completion, completion_from_webhook
 
 TIMESTAMP_TOLERANCE_SECONDS = 300
 # fal documents: cache its keys for at most 24 h.
@@ -115,3 +118,36 @@ class FalWebhookVerifier:
         if not ed25519:  # a set we cannot verify anything with: fal should deliver again
             raise VerifierUnavailable("no Ed25519 key in the JWKS")
         return ed25519
+
+
+def accept_delivery(verifier: FalWebhookVerifier, secret: str, query: Mapping[str, str],
+                    headers: Mapping[str, str], body: bytes) -> tuple[str, int, Completion]:
+    """(job id, attempt, completion) of a webhook delivery that is ours and fal's.
+
+    Checked twice: our HMAC job token in the URL (which job and attempt this is), and
+    fal's Ed25519 signature (that fal sent it, recently). WebhookRejected if either
+    fails or the body is not a JSON object; VerifierUnavailable if fal's keys cannot
+    be fetched now."""
+    job_id = query.get("job", "")
+    try:
+        attempt = int(query.get("attempt", ""))
+    except ValueError:
+        raise WebhookRejected("attempt") from None
+    check_job_token(secret, job_id, attempt, query.get("token", ""))
+    signed_request_id = headers.get("X-Fal-Webhook-Request-Id", "")
+    verifier.verify(SignedDelivery(
+        request_id=signed_request_id,
+        user_id=headers.get("X-Fal-Webhook-User-Id", ""),
+        timestamp=headers.get("X-Fal-Webhook-Timestamp", ""),
+        signature_hex=headers.get("X-Fal-Webhook-Signature", ""),
+        body=body))
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        raise WebhookRejected("body") from None
+    if not isinstance(parsed, dict):
+        raise WebhookRejected("body")
+    # The request id is the signed header's (fal does not promise that a body field
+    # equals it).
+    return job_id, attempt, completion_from_webhook(parsed, signed_request_id or None)
+

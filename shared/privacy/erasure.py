@@ -25,10 +25,17 @@ from sqlalchemy import delete, func, or_, select, update
 from shared.core import audit, metrics
 from shared.core.db import updated_rows
 from shared.core.leases import LeaseKeeper
+from shared.core.task_names import ERASE_USER
 from shared.models import ErasureRequest, ErasureStatus, TryOn, Upload
-from shared.privacy.erasure_requests import ERASE_TASK, RESEND_AFTER, UNFINISHED
+from shared.privacy.erasure_requests import RESEND_AFTER
 from shared.services import Services
-from shared.storage.keys import check_user_id, sanitized_key, user_prefixes
+from shared.storage.base import BucketStore
+from shared.storage.keys import (
+    check_user_id,
+    sanitized_key,
+    user_result_prefix,
+    user_upload_prefixes,
+)
 from shared.tryons.use_cases import erase_job
 
 log = logging.getLogger(__name__)
@@ -79,7 +86,7 @@ def _claim(svc: Services, erasure_id: str, owner: str) -> ErasureRequest | None:
     now = svc.clock()
     with svc.sessions.begin() as session:
         if not updated_rows(session, update(ErasureRequest).where(
-                ErasureRequest.id == erasure_id, ErasureRequest.status.in_(UNFINISHED),
+                ErasureRequest.id == erasure_id, ErasureRequest.status.in_(ErasureStatus.UNFINISHED),
                 or_(ErasureRequest.lease_owner.is_(None), ErasureRequest.lease_until < now,
                     ErasureRequest.lease_owner == owner)).values(
                 status=ErasureStatus.RUNNING, lease_owner=owner, lease_until=now + LEASE,
@@ -128,7 +135,6 @@ def _ids(svc: Services, model: type[TryOn] | type[Upload], user_id: str) -> list
 def _erase_upload(svc: Services, upload_id: str) -> int:
     """An upload's objects and row, under the row's lock. Erasure outranks single-use
     URLs: the raw key is deleted, not blocked by a placeholder."""
-    bucket = svc.settings.uploads_bucket
     with svc.sessions.begin() as session:
         upload = session.scalars(select(Upload).where(Upload.id == upload_id).with_for_update()) \
             .one_or_none()
@@ -137,7 +143,7 @@ def _erase_upload(svc: Services, upload_id: str) -> int:
         # The sanitized key by name too: a validator that died after writing it left
         # an object its row never recorded.
         for key in {upload.key, sanitized_key(upload.user_id, upload.id)}:
-            svc.storage.delete(bucket, key)
+            svc.upload_store.delete(key)
         session.execute(delete(Upload).where(Upload.id == upload.id))
         audit.record(session, at=svc.clock(), user_id=upload.user_id, action="upload.deleted",
                      subject_type="upload", subject_id=upload.id, reason="erasure")
@@ -147,12 +153,17 @@ def _erase_upload(svc: Services, upload_id: str) -> int:
 def _sweep(svc: Services, user_id: str) -> int:
     """Whatever is left under the user's prefixes (objects whose rows were gone)."""
     removed = 0
-    for bucket_setting, prefix in user_prefixes(user_id):
-        bucket = getattr(svc.settings, bucket_setting)
-        for key, _ in svc.storage.list_keys(bucket, prefix):
-            svc.storage.delete(bucket, key)
+    for store, prefix in user_locations(svc, user_id):
+        for key, _ in store.list_keys(prefix):
+            store.delete(key)
             removed += 1
     return removed
+
+
+def user_locations(svc: Services, user_id: str) -> list[tuple[BucketStore, str]]:
+    """(store, prefix) pairs that together hold every object of a user."""
+    return [*((svc.upload_store, p) for p in user_upload_prefixes(user_id)),
+            (svc.result_store, user_result_prefix(user_id))]
 
 
 def _nothing_left(svc: Services, user_id: str) -> bool:
@@ -162,8 +173,7 @@ def _nothing_left(svc: Services, user_id: str) -> bool:
                    for model in (TryOn, Upload))
     if rows:
         return False
-    return not any(svc.storage.list_keys(getattr(svc.settings, bucket_setting), prefix)
-                   for bucket_setting, prefix in user_prefixes(user_id))
+    return not any(store.list_keys(prefix) for store, prefix in user_locations(svc, user_id))
 
 
 def resume_unfinished(svc: Services) -> int:
@@ -172,7 +182,7 @@ def resume_unfinished(svc: Services) -> int:
     now = svc.clock()
     with svc.sessions() as session:
         ids = list(session.scalars(select(ErasureRequest.id).where(
-            ErasureRequest.status.in_(UNFINISHED),
+            ErasureRequest.status.in_(ErasureStatus.UNFINISHED),
             or_(ErasureRequest.lease_until.is_(None), ErasureRequest.lease_until < now))
             .limit(BATCH)))
     sent = 0
@@ -184,7 +194,7 @@ def resume_unfinished(svc: Services) -> int:
                     or_(ErasureRequest.lease_until.is_(None), ErasureRequest.lease_until < now))
                     .values(lease_owner=None, lease_until=now + RESEND_AFTER)):
                 continue
-        sent += bool(svc.dispatch(ERASE_TASK, erasure_id))
+        sent += bool(svc.dispatch(ERASE_USER, erasure_id))
     if ids:
         log.info("re-sent %d of %d unfinished erasures", sent, len(ids))
     return sent

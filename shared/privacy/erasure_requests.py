@@ -1,6 +1,6 @@
 """The erasure request of DELETE /v1/me: stored before the API answers, readable by
-the app (GET /v1/me/erasure), and a guard that keeps new uploads and try-ons out
-while it is unfinished, so that an erasure can finish at all.
+the app (GET /v1/me/erasure). While it is unfinished, new uploads and try-ons are
+refused (shared/access/erasure_lock.py), so that an erasure can finish at all.
 
 The work itself is shared/privacy/erasure.py; a lost message or a failed run only delays
 it, because the beat resumes every unfinished request.
@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlalchemy import Connection, exists, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from shared.core import audit
 from shared.core.errors import AppError
+from shared.core.task_names import ERASE_USER
 from shared.models import ErasureRequest, ErasureStatus, new_id
 from shared.services import Services
 
-ERASE_TASK = "users.erase"
-UNFINISHED = (ErasureStatus.PENDING, ErasureStatus.RUNNING)
 # An erasure nobody has claimed this long after it was requested (or sent again)
 # is sent again by the beat.
 RESEND_AFTER = timedelta(seconds=20)
@@ -35,7 +33,7 @@ def request_erasure(svc: Services, user_id: str) -> ErasureRequest:
     except IntegrityError:
         erasure = _store(svc, user_id)  # a concurrent first request made the row
     # If the broker is down the request is stored all the same: the beat sends it.
-    svc.dispatch(ERASE_TASK, erasure.id)
+    svc.dispatch(ERASE_USER, erasure.id)
     return erasure
 
 
@@ -44,7 +42,7 @@ def _store(svc: Services, user_id: str) -> ErasureRequest:
     with svc.sessions.begin() as session:
         erasure = session.scalars(select(ErasureRequest).where(
             ErasureRequest.user_id == user_id).with_for_update()).one_or_none()
-        if erasure is not None and erasure.status in UNFINISHED:
+        if erasure is not None and erasure.status in ErasureStatus.UNFINISHED:
             return erasure
         if erasure is None:
             erasure = ErasureRequest(id=new_id(), user_id=user_id, runs=0, counts={})
@@ -66,10 +64,3 @@ def read_erasure(svc: Services, user_id: str) -> ErasureRequest:
     if erasure is None:
         raise AppError("erasure.not_found")
     return erasure
-
-
-def refuse_while_erasing(conn: Session | Connection, user_id: str) -> None:
-    """Inside the transaction that would add a row for the user."""
-    if conn.execute(select(exists().where(ErasureRequest.user_id == user_id,
-                                          ErasureRequest.status.in_(UNFINISHED)))).scalar():
-        raise AppError("user.erasure_in_progress")

@@ -1,4 +1,5 @@
-"""Object keys: built in one place and checked against a whitelist before use."""
+"""Object keys, prefixes and retention tags: built in one place, keys checked
+against a whitelist before use."""
 
 from __future__ import annotations
 
@@ -19,9 +20,18 @@ RAW_KEY = re.compile(
     rf"uploads/(?P<user>[A-Za-z0-9_-]{{1,64}})/(?P<id>{_UUID})\.(?:jpg|png|webp|heic|heif)")
 SANITIZED_KEY = re.compile(rf"sanitized/[A-Za-z0-9_-]{{1,64}}/{_UUID}\.jpg")
 RESULT_KEY = re.compile(rf"results/[A-Za-z0-9_-]{{1,64}}/{_UUID}(?:_thumb)?\.jpg")
-# Every object of one user lives under these prefixes (bucket setting, prefix).
-USER_PREFIXES = (("uploads_bucket", "uploads/{user}/"), ("uploads_bucket", "sanitized/{user}/"),
-                 ("processed_bucket", "results/{user}/"))
+# The uploads bucket holds raw uploads and sanitized selfies; the processed bucket
+# holds results. Every object of a user lives under `<prefix><user id>/`.
+RAW_PREFIX, SANITIZED_PREFIX, RESULT_PREFIX = "uploads/", "sanitized/", "results/"
+UPLOAD_PREFIXES = (RAW_PREFIX, SANITIZED_PREFIX)
+
+# The tag the processed bucket's lifecycle rule reads: results expire unless kept.
+RETENTION_TAG = "retention"
+TEMPORARY, KEPT = "temporary", "kept"
+
+
+def retention_tags(value: str) -> dict[str, str]:
+    return {RETENTION_TAG: value}
 
 
 class InvalidKey(ValueError):
@@ -35,23 +45,27 @@ def check_user_id(user_id: str) -> str:
 
 
 def raw_upload_key(user_id: str, upload_id: uuid.UUID | str, content_type: str) -> str:
-    return _checked(f"uploads/{check_user_id(user_id)}/{upload_id}.{EXTENSIONS[content_type]}",
+    return _checked(f"{RAW_PREFIX}{check_user_id(user_id)}/{upload_id}.{EXTENSIONS[content_type]}",
                     RAW_KEY)
 
 
 def sanitized_key(user_id: str, upload_id: str) -> str:
-    return _checked(f"sanitized/{check_user_id(user_id)}/{upload_id}.jpg", SANITIZED_KEY)
+    return _checked(f"{SANITIZED_PREFIX}{check_user_id(user_id)}/{upload_id}.jpg", SANITIZED_KEY)
 
 
 def result_keys(user_id: str, job_id: str) -> tuple[str, str]:
     """(result, thumbnail) of one try-on in the processed bucket."""
-    base = f"results/{check_user_id(user_id)}/{job_id}"
+    base = f"{RESULT_PREFIX}{check_user_id(user_id)}/{job_id}"
     return _checked(f"{base}.jpg", RESULT_KEY), _checked(f"{base}_thumb.jpg", RESULT_KEY)
 
 
-def user_prefixes(user_id: str) -> list[tuple[str, str]]:
-    """(bucket setting, prefix) pairs that together hold every object of a user."""
-    return [(bucket, prefix.format(user=check_user_id(user_id))) for bucket, prefix in USER_PREFIXES]
+def user_upload_prefixes(user_id: str) -> list[str]:
+    """The prefixes in the uploads bucket that hold every upload object of a user."""
+    return [f"{prefix}{check_user_id(user_id)}/" for prefix in UPLOAD_PREFIXES]
+
+
+def user_result_prefix(user_id: str) -> str:
+    return f"{RESULT_PREFIX}{check_user_id(user_id)}/"
 
 
 def parse_raw_key(key: str) -> tuple[str, str] | None:

@@ -1,4 +1,4 @@
-"""Object storage behind a small interface, with the S3 implementation (boto3).
+"""The S3 implementation of ObjectStorage (boto3).
 
 Two clients: the internal one talks to S3 from our network; the presigning one
 signs URLs for the host the app reaches (S3_PUBLIC_ENDPOINT_URL), because the
@@ -8,14 +8,11 @@ import time, and S3 errors become plain Python exceptions.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlencode
 
 import boto3
@@ -23,49 +20,14 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.core.config import Settings
-
-UPLOAD_CACHE_CONTROL = "no-store"
-
-
-class StorageUnavailable(Exception):
-    """The object store could not be reached or answered with a server error."""
-
-
-class ObjectMissing(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    size: int
-    content_type: str | None
-    checksum_sha256: str | None  # base64, as S3 reports it
-    last_modified: datetime | None
-
-
-@dataclass(frozen=True)
-class PresignedPut:
-    url: str
-    headers: dict[str, str]
-
-
-class ObjectStorage(Protocol):
-    def presign_put(self, bucket: str, key: str, *, content_type: str, content_length: int,
-                    checksum_sha256: str | None, expires_in: int) -> PresignedPut: ...
-    def presign_get(self, bucket: str, key: str, *, expires_in: int) -> str: ...
-    def head(self, bucket: str, key: str) -> ObjectInfo: ...
-    def get_bytes(self, bucket: str, key: str, *, max_bytes: int) -> bytes: ...
-    def put_bytes(self, bucket: str, key: str, data: bytes, *, content_type: str,
-                  tags: dict[str, str] | None = None) -> None: ...
-    def set_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None: ...
-    def renew(self, bucket: str, key: str, tags: dict[str, str]) -> None: ...
-    def delete(self, bucket: str, key: str) -> None: ...
-    def list_keys(self, bucket: str, prefix: str) -> list[tuple[str, datetime]]: ...
-    def ping(self, bucket: str) -> None: ...
-
-
-def sha256_b64(data: bytes) -> str:
-    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+from shared.storage.base import (
+    UPLOAD_CACHE_CONTROL,
+    ObjectInfo,
+    ObjectMissing,
+    PresignedPut,
+    StorageUnavailable,
+    sha256_b64,
+)
 
 
 def _config(**extra: Any) -> Config:

@@ -2,8 +2,9 @@
 
 Applied to each bucket: block all public access, default encryption, a bucket
 policy that denies any request not made over TLS, CORS for configured origins,
-and lifecycle rules as a backstop to the beat cleanup (uploads: 1 day; processed
-results: 7 days unless tagged `retention=kept`, which favorites set).
+and lifecycle rules as a backstop to the beat cleanup (uploads: UPLOAD_RETENTION_HOURS
+in whole days; processed results: RESULT_RETENTION_DAYS unless tagged
+`retention=kept`, which favorites set).
 Endpoints that do not implement one of these (some S3-compatibles) are reported,
 not fatal, so the command is usable against MinIO or R2.
 """
@@ -11,6 +12,7 @@ not fatal, so the command is usable against MinIO or R2.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -18,15 +20,14 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from shared.core.config import Settings
+from shared.storage.keys import RETENTION_TAG, TEMPORARY
 from shared.storage.s3 import S3Storage
-
-RESULT_TAG = ("retention", "temporary")
 
 
 def apply(settings: Settings, *, create: bool = True) -> Iterator[str]:
     client = S3Storage(settings).client
-    for bucket, lifecycle in ((settings.uploads_bucket, _uploads_lifecycle()),
-                              (settings.processed_bucket, _processed_lifecycle())):
+    for bucket, lifecycle in ((settings.uploads_bucket, _uploads_lifecycle(settings)),
+                              (settings.processed_bucket, _processed_lifecycle(settings))):
         for what, action in _steps(client, bucket, lifecycle, settings, create):
             yield _step(bucket, what, action)
 
@@ -102,13 +103,15 @@ def _cors(origins: str) -> dict[str, Any]:
         "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 3000}]}
 
 
-def _uploads_lifecycle() -> list[dict[str, Any]]:
+def _uploads_lifecycle(settings: Settings) -> list[dict[str, Any]]:
+    # Whole days, at least one, never before the selfie retention the beat enforces.
+    days = max(1, math.ceil(settings.upload_retention_hours / 24))
     return [{"ID": "expire-selfies", "Status": "Enabled", "Filter": {"Prefix": ""},
-             "Expiration": {"Days": 1},
+             "Expiration": {"Days": days},
              "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}]
 
 
-def _processed_lifecycle() -> list[dict[str, Any]]:
-    key, value = RESULT_TAG
+def _processed_lifecycle(settings: Settings) -> list[dict[str, Any]]:
     return [{"ID": "expire-unkept-results", "Status": "Enabled",
-             "Filter": {"Tag": {"Key": key, "Value": value}}, "Expiration": {"Days": 7}}]
+             "Filter": {"Tag": {"Key": RETENTION_TAG, "Value": TEMPORARY}},
+             "Expiration": {"Days": settings.result_retention_days}}]

@@ -22,13 +22,11 @@ from sqlalchemy import select
 from shared.images.sanitize import ImageRejected, SanitizedImage, sanitize
 from shared.models import JobStatus, TryOn
 from shared.services import Services
-from shared.storage.keys import result_keys
-from shared.storage.s3 import ObjectMissing
+from shared.storage.base import ObjectMissing
+from shared.storage.keys import KEPT, TEMPORARY, result_keys, retention_tags
 
 log = logging.getLogger(__name__)
 
-TEMPORARY, KEPT = "temporary", "kept"
-TAGS = {TEMPORARY: {"retention": TEMPORARY}, KEPT: {"retention": KEPT}}
 THUMBNAIL_SIZE = (256, 256)
 RESULT_FORMATS = ["JPEG", "PNG", "WEBP"]
 BATCH = 500
@@ -68,10 +66,9 @@ def write(svc: Services, job: TryOn, rendered: Rendered) -> tuple[str, str]:
     """Write both objects (tagged temporary); the caller holds the job's row lock,
     so no other writer of these keys runs at the same time."""
     key, thumb_key = result_keys(job.user_id, job.id)
-    bucket = svc.settings.processed_bucket
     for object_key, image in ((key, rendered.result), (thumb_key, rendered.thumbnail)):
-        svc.storage.put_bytes(bucket, object_key, image.data, content_type="image/jpeg",
-                              tags=TAGS[TEMPORARY])
+        svc.result_store.put_bytes(object_key, image.data, content_type="image/jpeg",
+                                   tags=retention_tags(TEMPORARY))
     return key, thumb_key
 
 
@@ -79,7 +76,7 @@ def delete_objects(svc: Services, user_id: str, job_id: str) -> None:
     """Both objects of a job, whether or not its row knew them (a writer that died
     after writing leaves objects its row never recorded)."""
     for key in result_keys(user_id, job_id):
-        svc.storage.delete(svc.settings.processed_bucket, key)
+        svc.result_store.delete(key)
 
 
 def sync_tags(svc: Services, job_id: str) -> bool:
@@ -87,7 +84,6 @@ def sync_tags(svc: Services, job_id: str) -> bool:
 
     The row is locked meanwhile, so a concurrent favorite change waits and syncs
     after us, in order."""
-    bucket = svc.settings.processed_bucket
     with svc.sessions.begin() as session:
         job = session.scalars(select(TryOn).where(TryOn.id == job_id).with_for_update()) \
             .one_or_none()
@@ -101,9 +97,9 @@ def sync_tags(svc: Services, job_id: str) -> bool:
                 continue
             try:
                 if wanted == KEPT:
-                    svc.storage.set_tags(bucket, key, TAGS[KEPT])
+                    svc.result_store.set_tags(key, retention_tags(KEPT))
                 else:
-                    svc.storage.renew(bucket, key, TAGS[TEMPORARY])
+                    svc.result_store.renew(key, retention_tags(TEMPORARY))
             except ObjectMissing:
                 log.error("result object of job %s is missing; nothing to tag", job.id)
         job.result_tags = wanted

@@ -1,7 +1,7 @@
 """Try-on use cases on the API side: start, read, list, favorite, delete.
 
-The worker side (fal submission, completion, retries, deadline) is in
-shared/tryons/pipeline.py.
+The worker side: shared/tryons/submission.py (claim, submit), completion.py
+(webhooks, polls, results), reconcile.py (the beat's safety net).
 """
 
 from __future__ import annotations
@@ -10,27 +10,28 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, literal, select, update
+from sqlalchemy import case, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
+from shared.access.erasure_lock import refuse_while_erasing
 from shared.core import audit
 from shared.core.db import updated_rows
 from shared.core.errors import AppError
 from shared.core.pagination import Page, is_uuid, page
-from shared.fal.gateway import cancel_quietly
+from shared.core.task_names import RUN_TRYON
 from shared.models import JobStatus, TryOn, Upload, UploadStatus, UTCDateTime
-from shared.privacy.erasure_requests import refuse_while_erasing
 from shared.services import Services
 from shared.storage.keys import parse_raw_key
-from shared.tryons import results as result_store
 from shared.tryons.hairstyles import catalogue
+from shared.tryons.removal import erase_job
+from shared.tryons.retention import IDEMPOTENCY_WINDOW, result_deadline
+from shared.tryons.state import sync_tags_quietly
 
 log = logging.getLogger(__name__)
 
-RUN_TASK = "tryons.run"
-IN_FLIGHT = (JobStatus.QUEUED, JobStatus.PROCESSING)
 
 
 def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None,
@@ -75,11 +76,8 @@ def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None
         if existing is None:
             raise
         return existing
-    svc.dispatch(RUN_TASK, job.id)
+    svc.dispatch(RUN_TRYON, job.id)
     return job
-
-
-IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 
 def _by_idempotency_key(svc: Services, user_id: str, key_hash: str) -> TryOn | None:
@@ -87,14 +85,6 @@ def _by_idempotency_key(svc: Services, user_id: str, key_hash: str) -> TryOn | N
         return session.scalars(select(TryOn).where(
             TryOn.user_id == user_id, TryOn.idempotency_key == key_hash,
             TryOn.created_at >= svc.clock() - IDEMPOTENCY_WINDOW)).one_or_none()
-
-
-def release_idempotency_keys(svc: Services) -> int:
-    """Keys are kept 24 h; after that the same key may start a new job."""
-    with svc.sessions.begin() as session:
-        return updated_rows(session, update(TryOn).where(
-            TryOn.idempotency_key.is_not(None),
-            TryOn.created_at < svc.clock() - IDEMPOTENCY_WINDOW).values(idempotency_key=None))
 
 
 def _source_upload(svc: Services, user_id: str, upload_id: str | None,
@@ -112,6 +102,26 @@ def _source_upload(svc: Services, user_id: str, upload_id: str | None,
     if upload is None or upload.user_id != user_id:
         raise AppError("upload.not_found")
     return upload
+
+
+@dataclass(frozen=True)
+class ResultLinks:
+    result_url: str
+    thumbnail_url: str | None
+    expires_at: datetime
+
+
+def result_links(svc: Services, job: TryOn) -> ResultLinks | None:
+    """Fresh signed GETs of a succeeded job's result and thumbnail."""
+    if job.status != JobStatus.SUCCEEDED or not job.result_key:
+        return None
+    ttl = svc.settings.result_url_ttl_seconds
+    store = svc.result_store
+    return ResultLinks(
+        result_url=store.presign_get(job.result_key, expires_in=ttl),
+        thumbnail_url=store.presign_get(job.thumbnail_key, expires_in=ttl)
+        if job.thumbnail_key else None,
+        expires_at=svc.clock() + timedelta(seconds=ttl))
 
 
 def get(svc: Services, user_id: str, job_id: str) -> TryOn:
@@ -154,18 +164,8 @@ def set_favorite(svc: Services, user_id: str, job_id: str, favorite: bool) -> Tr
             audit.record(session, at=now, user_id=user_id, subject_type="try_on",
                          subject_id=job.id,
                          action="tryon.favorited" if favorite else "tryon.unfavorited")
-    try:
-        result_store.sync_tags(svc, job.id)
-    except Exception as exc:  # noqa: BLE001 - the row is committed; the beat re-tags
-        log.warning("re-tagging job %s failed (%s); left for the beat", job.id,
-                    type(exc).__name__)
+    sync_tags_quietly(svc, job.id)
     return get(svc, user_id, job_id)
-
-
-def result_deadline(svc: Services, now: datetime) -> datetime:
-    """Whole seconds, rounded down: S3 reports (and a lifecycle rule counts from) an
-    object's creation in whole seconds, and the deadline must never come after it."""
-    return now.replace(microsecond=0) + timedelta(days=svc.settings.result_retention_days)
 
 
 def remove(svc: Services, user_id: str, job_id: str, *, reason: str = "user") -> None:
@@ -174,21 +174,3 @@ def remove(svc: Services, user_id: str, job_id: str, *, reason: str = "user") ->
     erase_job(svc, job.id, reason=reason)
 
 
-def erase_job(svc: Services, job_id: str, *, reason: str) -> bool:
-    """Remove a job's objects and its row, under the row's lock: a worker finishing
-    the job at the same moment either wrote before (its objects go now) or finds the
-    row gone and writes nothing. False if the row was already gone."""
-    with svc.sessions.begin() as session:
-        job = session.scalars(select(TryOn).where(TryOn.id == job_id).with_for_update()) \
-            .one_or_none()
-        if job is None:
-            return False
-        # The objects first: if storage fails, the row (and the client's retry) stays.
-        result_store.delete_objects(svc, job.user_id, job.id)
-        session.execute(delete(TryOn).where(TryOn.id == job.id))
-        audit.record(session, at=svc.clock(), user_id=job.user_id, action="tryon.deleted",
-                     subject_type="try_on", subject_id=job.id, reason=reason)
-        in_flight_request = job.fal_request_id if job.status in IN_FLIGHT else None
-    if in_flight_request:
-        cancel_quietly(svc.fal, in_flight_request)
-    return True

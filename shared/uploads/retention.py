@@ -1,8 +1,8 @@
-"""What the beat schedule does for retention: re-send validations whose lease
-ended, purge raw objects whose URL has expired, expire never-confirmed uploads,
-delete selfies and try-ons past their deadline, purge dead rows, and remove
-objects that no live record accounts for. Each pass is bounded (BATCH) and idempotent, so an overlapping or
-repeated run does no harm.
+"""What the beat does for uploads: re-send validations whose lease ended, purge
+raw objects whose URL has expired, expire never-confirmed uploads, delete selfies
+past their deadline and purge dead rows (try-ons: shared/tryons/retention.py;
+objects no record accounts for: shared/privacy/orphans.py). Each pass is bounded
+(BATCH) and idempotent, so an overlapping or repeated run does no harm.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from sqlalchemy import delete, or_, select, update
 
 from shared.core import audit
 from shared.core.db import updated_rows
+from shared.core.task_names import VALIDATE_UPLOAD
 from shared.models import JobStatus, TryOn, Upload, UploadStatus
 from shared.services import Services
-from shared.tryons.use_cases import erase_job
-from shared.uploads.use_cases import VALIDATE_TASK, delete_upload
+from shared.uploads.use_cases import delete_upload
 from shared.uploads.validation import give_up
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def resend_stale_validations(svc: Services) -> int:
             or_(Upload.validation_lease_until.is_(None), Upload.validation_lease_until < now))
             .values(validation_owner=None, validation_lease_until=now + timedelta(
                 seconds=svc.settings.validation_stale_seconds)))
-    sent = sum(1 for upload_id in ids if svc.dispatch(VALIDATE_TASK, upload_id))
+    sent = sum(1 for upload_id in ids if svc.dispatch(VALIDATE_UPLOAD, upload_id))
     log.info("re-sent %d of %d stale validations", sent, len(ids))
     return sent
 
@@ -80,7 +80,7 @@ def purge_raw_objects(svc: Services) -> int:
                                  Upload.status.in_(DONE_STATES),
                                  Upload.url_expires_at < now - margin).limit(BATCH)))
     for upload in rows:
-        svc.storage.delete(svc.settings.uploads_bucket, upload.key)
+        svc.upload_store.delete(upload.key)
         with svc.sessions.begin() as session:
             session.execute(update(Upload).where(Upload.id == upload.id)
                             .values(raw_purged_at=now))
@@ -94,7 +94,7 @@ def expire_unconfirmed(svc: Services) -> int:
             select(Upload).where(Upload.status == UploadStatus.PENDING,
                                  Upload.url_expires_at < now - UNCONFIRMED_GRACE).limit(BATCH)))
     for upload in rows:
-        svc.storage.delete(svc.settings.uploads_bucket, upload.key)
+        svc.upload_store.delete(upload.key)
         with svc.sessions.begin() as session:
             done = updated_rows(session, update(Upload).where(
                 Upload.id == upload.id, Upload.status == UploadStatus.PENDING).values(
@@ -114,7 +114,7 @@ def delete_past_retention(svc: Services) -> int:
     now = svc.clock()
     in_flight = select(TryOn.id).where(
         TryOn.upload_id == Upload.id,
-        TryOn.status.in_((JobStatus.QUEUED, JobStatus.PROCESSING))).exists()
+        TryOn.status.in_(JobStatus.IN_FLIGHT)).exists()
     with svc.sessions() as session:
         ids = list(session.scalars(
             select(Upload.id).where(Upload.status.in_(RETAINED_STATES),
@@ -136,68 +136,3 @@ def purge_dead_upload_rows(svc: Services) -> int:
             Upload.raw_purged_at.is_not(None),
             or_(Upload.deleted_at < cutoff,
                 Upload.deleted_at.is_(None) & (Upload.url_expires_at < cutoff))))
-
-
-def remove_orphans(svc: Services) -> int:
-    """Objects under uploads/ or sanitized/ that no live record accounts for.
-
-    Only objects older than the longest URL lifetime plus the margin are looked
-    at: a younger object may belong to an issuance being written right now.
-    """
-    s = svc.settings
-    now = svc.clock()
-    min_age = timedelta(seconds=s.presign_ttl_seconds + s.raw_purge_margin_seconds)
-    removed = 0
-    for prefix, column in (("uploads/", Upload.key), ("sanitized/", Upload.sanitized_key)):
-        candidates = [k for k, modified in svc.storage.list_keys(s.uploads_bucket, prefix)
-                      if modified < now - min_age]
-        for chunk_start in range(0, len(candidates), BATCH):
-            chunk = candidates[chunk_start:chunk_start + BATCH]
-            with svc.sessions() as session:
-                live = set(session.scalars(select(column).where(
-                    column.in_(chunk), Upload.status.in_(_live_states(prefix)),
-                    *( [Upload.raw_purged_at.is_(None)] if prefix == "uploads/" else []))))
-            for key in chunk:
-                if key not in live:
-                    svc.storage.delete(s.uploads_bucket, key)
-                    removed += 1
-    removed += _remove_orphan_results(svc, now, min_age)
-    if removed:
-        log.info("removed %d orphaned objects", removed)
-    return removed
-
-
-def _remove_orphan_results(svc: Services, now: datetime, min_age: timedelta) -> int:
-    """Results whose job is gone (deleted while its result was being stored)."""
-    bucket = svc.settings.processed_bucket
-    candidates = [k for k, modified in svc.storage.list_keys(bucket, "results/")
-                  if modified < now - min_age]
-    removed = 0
-    for start in range(0, len(candidates), BATCH):
-        chunk = candidates[start:start + BATCH]
-        with svc.sessions() as session:
-            live = set(session.scalars(select(TryOn.result_key).where(TryOn.result_key.in_(chunk))))
-            live |= set(session.scalars(select(TryOn.thumbnail_key).where(
-                TryOn.thumbnail_key.in_(chunk))))
-        for key in chunk:
-            if key not in live:
-                svc.storage.delete(bucket, key)
-                removed += 1
-    return removed
-
-
-def _live_states(prefix: str) -> tuple[str, ...]:
-    if prefix == "uploads/":
-        # Raw objects legitimately exist until purged, whatever the status.
-        return (UploadStatus.PENDING, UploadStatus.VALIDATING, *DONE_STATES)
-    return (UploadStatus.READY,)
-
-
-def delete_expired_results(svc: Services) -> int:
-    """Jobs past their deadline, with their results: succeeded ones 7 days after they
-    finished (never favorites: their deleteAfter is empty), failed ones likewise."""
-    now = svc.clock()
-    with svc.sessions() as session:
-        ids = list(session.scalars(select(TryOn.id).where(
-            TryOn.delete_after.is_not(None), TryOn.delete_after < now).limit(BATCH)))
-    return sum(erase_job(svc, job_id, reason="retention") for job_id in ids)

@@ -18,19 +18,19 @@ from datetime import datetime, timedelta
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from shared.access.erasure_lock import refuse_while_erasing
 from shared.core import audit, metrics
 from shared.core.db import updated_rows
 from shared.core.errors import AppError
 from shared.core.pagination import Page, is_uuid, page
+from shared.core.task_names import VALIDATE_UPLOAD
 from shared.models import Upload, UploadStatus
-from shared.privacy.erasure_requests import refuse_while_erasing
 from shared.services import Services
+from shared.storage.base import ObjectMissing, PresignedPut
 from shared.storage.keys import EXTENSIONS, parse_raw_key, raw_upload_key, sanitized_key
-from shared.storage.s3 import ObjectMissing, PresignedPut
 
 log = logging.getLogger(__name__)
 
-VALIDATE_TASK = "uploads.validate"
 CONFIRMED_STATES = {UploadStatus.VALIDATING, UploadStatus.READY, UploadStatus.REJECTED}
 
 
@@ -80,7 +80,7 @@ def presign(svc: Services, user_id: str, *, content_type: str, content_length: i
         audit.record(conn, at=now, user_id=user_id, action="upload.issued",
                      subject_type="upload", subject_id=upload_id,
                      content_type=content_type, size=content_length)
-    put = svc.storage.presign_put(s.uploads_bucket, upload.key, content_type=content_type,
+    put = svc.upload_store.presign_put(upload.key, content_type=content_type,
                                   content_length=content_length, checksum_sha256=checksum,
                                   expires_in=s.presign_ttl_seconds)
     metrics.UPLOAD_ISSUED.inc()
@@ -108,7 +108,7 @@ def confirm(svc: Services, user_id: str, key: str, *, width: int | None = None,
     _check_confirmable(upload)
 
     try:
-        info = svc.storage.head(s.uploads_bucket, key)
+        info = svc.upload_store.head(key)
     except ObjectMissing:
         raise AppError("upload.object_missing") from None
     mismatch = _mismatch(upload, info.size, info.content_type, info.checksum_sha256)
@@ -133,7 +133,7 @@ def confirm(svc: Services, user_id: str, key: str, *, width: int | None = None,
     metrics.UPLOAD_CONFIRMED.inc()
     # Sent only after the commit, so the worker always finds the row; if the
     # broker is down the reconciler re-sends it (shared/uploads/retention.py).
-    svc.dispatch(VALIDATE_TASK, upload.id)
+    svc.dispatch(VALIDATE_UPLOAD, upload.id)
     return get(svc, user_id, upload.id)
 
 
@@ -178,11 +178,10 @@ def remove_raw_bytes(svc: Services, upload: Upload, now: datetime) -> None:
     `If-None-Match: *` refuse a second PUT, so its bytes are replaced by an empty
     placeholder; the placeholder is deleted once the URL has expired.
     """
-    bucket = svc.settings.uploads_bucket
     if now < upload.url_expires_at + timedelta(seconds=svc.settings.raw_purge_margin_seconds):
-        svc.storage.put_bytes(bucket, upload.key, b"", content_type=upload.content_type)
+        svc.upload_store.put_bytes(upload.key, b"", content_type=upload.content_type)
     else:
-        svc.storage.delete(bucket, upload.key)
+        svc.upload_store.delete(upload.key)
 
 
 def get(svc: Services, user_id: str, upload_id: str) -> Upload:
@@ -234,6 +233,6 @@ def delete_upload(svc: Services, upload_id: str, *, reason: str,
 def erase_objects(svc: Services, upload: Upload, now: datetime) -> None:
     # The sanitized key by name: a validator that died after writing it left an
     # object its row never recorded.
-    svc.storage.delete(svc.settings.uploads_bucket, sanitized_key(upload.user_id, upload.id))
+    svc.upload_store.delete(sanitized_key(upload.user_id, upload.id))
     if upload.raw_purged_at is None:
         remove_raw_bytes(svc, upload, now)

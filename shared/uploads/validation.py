@@ -34,8 +34,8 @@ from shared.core.leases import LeaseKeeper
 from shared.images.sanitize import ImageRejected, SanitizedImage, inspect_and_decode, sanitize
 from shared.models import Upload, UploadStatus
 from shared.services import Services
+from shared.storage.base import ObjectMissing, sha256_b64
 from shared.storage.keys import sanitized_key
-from shared.storage.s3 import ObjectMissing, sha256_b64
 from shared.uploads.use_cases import remove_raw_bytes
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ def _check_and_sanitize(svc: Services, upload: Upload, timings: dict[str, float]
     s = svc.settings
     with _timed(timings, "fetch"):
         try:
-            data = svc.storage.get_bytes(s.uploads_bucket, upload.key, max_bytes=s.max_upload_bytes)
+            data = svc.upload_store.get_bytes(upload.key, max_bytes=s.max_upload_bytes)
         except ObjectMissing:
             raise Rejection("upload.object_missing") from None
     if len(data) > s.max_upload_bytes:
@@ -182,8 +182,7 @@ def _finish(svc: Services, upload_id: str, *, clean: SanitizedImage | None = Non
         assert clean is not None
         key = sanitized_key(upload.user_id, upload.id)
         with _timed(timings if timings is not None else {}, "store"):
-            svc.storage.put_bytes(svc.settings.uploads_bucket, key, clean.data,
-                                  content_type="image/jpeg")
+            svc.upload_store.put_bytes(key, clean.data, content_type="image/jpeg")
         session.execute(update(Upload).where(Upload.id == upload.id).values(
             status=UploadStatus.READY, validated_at=now, sanitized_key=key,
             sanitized_sha256=clean.sha256, width=clean.width, height=clean.height,

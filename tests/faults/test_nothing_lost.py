@@ -28,8 +28,8 @@ from sqlalchemy import func, select
 
 from devstack.procs import wait_until
 from shared.models import AuditEvent, ErasureRequest, TryOn, Upload
+from shared.privacy.erasure import user_locations
 from shared.services import Services
-from shared.storage.keys import user_prefixes
 from tests.conftest import fixture_bytes
 from tests.faults.app_client import AppClient
 from tests.faults.system import System
@@ -318,16 +318,14 @@ def _check(run: Run, svc: Services, settings: Any, erasure_id: str, leaving: lis
         if upload is None or upload.status not in ("ready", "rejected"):
             problems.append(f"upload {upload_id}: {upload and upload.status}")
     # the erasure: done, and nothing of the user left
-    left = [k for bucket, prefix in user_prefixes(ERASED)
-            for k, _ in svc.storage.list_keys(getattr(svc.settings, bucket), prefix)]
+    left = [k for store, prefix in user_locations(svc, ERASED) for k, _ in store.list_keys(prefix)]
     rows_left = sum(1 for j in jobs.values() if j.user_id == ERASED) + sum(
         1 for u in uploads.values() if u.user_id == ERASED)
     if erasure is None or erasure.status != "done" or left or rows_left:
         problems.append(f"erasure: {erasure and erasure.status}, {len(left)} objects, "
                         f"{rows_left} rows left")
     # exactly one result and one thumbnail per succeeded job, nothing else
-    stored = {k for user in USERS for k, _ in svc.storage.list_keys(
-        settings.processed_bucket, f"results/{user}/")}
+    stored = {k for user in USERS for k, _ in svc.result_store.list_keys(f"results/{user}/")}
     expected_keys = {k for j in jobs.values() if j.status == "succeeded"
                      for k in (j.result_key, j.thumbnail_key)}
     if stored != expected_keys:

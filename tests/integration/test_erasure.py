@@ -15,9 +15,8 @@ from sqlalchemy.exc import OperationalError
 from shared.core.i18n import MESSAGES
 from shared.models import AuditEvent, ErasureRequest, TryOn, Upload
 from shared.privacy import erasure
-from shared.storage.keys import user_prefixes
-from shared.storage.s3 import StorageUnavailable
-from shared.tryons import pipeline as tp
+from shared.storage.base import StorageUnavailable
+from shared.tryons import completion, submission
 from shared.tryons import results as result_store
 from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_tryons import (
@@ -32,8 +31,8 @@ ASTRONAUT = fixture_bytes("astronaut.jpg")
 
 
 def objects_of(svc, user_id: str) -> list[str]:
-    return [key for bucket_setting, prefix in user_prefixes(user_id)
-            for key, _ in svc.storage.list_keys(getattr(svc.settings, bucket_setting), prefix)]
+    return [key for store, prefix in erasure.user_locations(svc, user_id)
+            for key, _ in store.list_keys(prefix)]
 
 
 def rows_of(svc, user_id: str) -> int:
@@ -225,7 +224,7 @@ def test_a_result_finished_after_its_job_was_deleted_is_not_written(client, auth
     emulator.configure(webhook_mode="none")
     headers = auth("fia")
     job_id = queued_job(client, auth, dispatch, "fia")
-    tp.run(svc, job_id)  # submitted; the poll is left undone
+    submission.run(svc, job_id)  # submitted; the poll is left undone
     real_render = result_store.render
 
     def deleted_meanwhile(data: bytes, max_pixels: int) -> result_store.Rendered:
@@ -234,7 +233,7 @@ def test_a_result_finished_after_its_job_was_deleted_is_not_written(client, auth
 
     monkeypatch.setattr(result_store, "render", deleted_meanwhile)
     assert wait_until_result_ready(emulator)
-    tp.poll(svc, job_id, 1)
+    completion.poll(svc, job_id, 1)
     assert objects_of_prefix(svc, f"results/fia/{job_id}") == []
     with svc.sessions() as session:
         assert session.get(TryOn, job_id) is None

@@ -12,11 +12,12 @@ from typing import Any
 from sqlalchemy import func, select
 
 from shared.core.i18n import MESSAGES
+from shared.fal.completions import Completion
 from shared.models import AuditEvent
-from shared.storage.s3 import StorageUnavailable
-from shared.tryons import pipeline as tp
+from shared.storage.base import StorageUnavailable
+from shared.tryons import completion, state, submission
 from shared.tryons import results as result_store
-from shared.uploads import retention
+from shared.tryons import retention as tryon_retention
 from tests.integration.test_tryons import (
     job_row,
     ready_job,
@@ -72,9 +73,9 @@ def test_a_late_duplicate_completion_cannot_reset_a_favorites_tag(client, auth, 
     headers, _, job_id, job = ready_job(client, auth, svc, dispatch, user="ivy")
     client.put(f"/v1/try-ons/{job_id}/favorite", headers=headers)
     assert tag(svc, job.result_key) == "kept"
-    output = {"images": [{"url": u} for u in svc.fal.result(job.fal_request_id).image_urls]}
+    urls = tuple(svc.fal.result(job.fal_request_id).image_urls)
     for attempt in (job.attempt, job.attempt - 1):
-        tp.complete(svc, job_id, attempt, tp.Completion(True, job.fal_request_id, output=output))
+        completion.complete(svc, job_id, attempt, Completion(True, job.fal_request_id, urls))
     assert tag(svc, job.result_key) == tag(svc, job.thumbnail_key) == "kept"
     with svc.sessions() as session:
         assert session.scalar(select(func.count()).select_from(AuditEvent).where(
@@ -87,7 +88,7 @@ def test_a_job_favorited_while_it_runs_ends_kept(client, auth, svc, dispatch, em
     headers = auth("jo")
     job_id = queued_job(client, auth, dispatch, "jo")
     assert client.put(f"/v1/try-ons/{job_id}/favorite", headers=headers).status_code == 200
-    tp.send(svc, tp.run(svc, job_id))
+    state.send(svc, submission.run(svc, job_id))
     job = wait_done(svc, dispatch, job_id)
     assert job.status == "succeeded" and job.delete_after is None
     assert tag(svc, job.result_key) == tag(svc, job.thumbnail_key) == "kept"
@@ -134,8 +135,8 @@ def test_a_failed_job_has_a_deadline_and_is_purged_like_a_result(client, auth, s
     assert job_row(svc, job_id).favorite is False and job_row(svc, job_id).delete_after == deadline
     real = svc.clock
     svc.clock = lambda: deadline - timedelta(seconds=1)
-    assert retention.delete_expired_results(svc) == 0
+    assert tryon_retention.delete_expired_results(svc) == 0
     svc.clock = lambda: deadline + timedelta(seconds=1)
-    assert retention.delete_expired_results(svc) == 1
+    assert tryon_retention.delete_expired_results(svc) == 1
     svc.clock = real
     assert client.get(f"/v1/try-ons/{job_id}", headers=headers).status_code == 404

@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from shared.models import AuditEvent, Upload
-from shared.storage.s3 import ObjectMissing
+from shared.privacy import orphans
+from shared.storage.base import ObjectMissing
 from shared.uploads import retention
 from tests.conftest import fixture_bytes
 from tests.integration.test_upload_flow import upload_ready
@@ -80,9 +81,9 @@ def test_orphans_are_removed_but_live_objects_are_not(client, auth, svc, setting
     live = row(svc, body["uploadId"])
     orphan = "uploads/kim/11111111-1111-4111-8111-111111111111.jpg"
     svc.storage.put_bytes(settings.uploads_bucket, orphan, b"x", content_type="image/jpeg")
-    assert retention.remove_orphans(svc) == 0  # too young to judge
+    assert orphans.remove_orphans(svc) == 0  # too young to judge
     at(svc, timedelta(seconds=settings.presign_ttl_seconds + settings.raw_purge_margin_seconds + 5))
-    assert retention.remove_orphans(svc) >= 1
+    assert orphans.remove_orphans(svc) >= 1
     with pytest.raises(ObjectMissing):
         svc.storage.head(settings.uploads_bucket, orphan)
     svc.storage.head(settings.uploads_bucket, live.key)
@@ -93,7 +94,7 @@ def test_results_without_a_job_are_removed(svc, settings):
     stray = "results/kim/22222222-2222-4222-8222-222222222222.jpg"
     svc.storage.put_bytes(settings.processed_bucket, stray, b"x", content_type="image/jpeg")
     at(svc, timedelta(seconds=settings.presign_ttl_seconds + settings.raw_purge_margin_seconds + 5))
-    assert retention.remove_orphans(svc) >= 1
+    assert orphans.remove_orphans(svc) >= 1
     with pytest.raises(ObjectMissing):
         svc.storage.head(settings.processed_bucket, stray)
 

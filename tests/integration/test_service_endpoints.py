@@ -14,7 +14,7 @@ def test_healthz_readyz_metrics(client):
 def test_readyz_reports_a_dependency_down(app, client):
     from dataclasses import replace
 
-    svc = app.extensions["hairfluencer"]
+    svc = app.extensions["hairfluencer"].svc
     original = svc.settings
     svc.settings = replace(original, uploads_bucket="no-such-bucket-here")
     try:

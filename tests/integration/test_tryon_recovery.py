@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from devstack.procs import wait_until
 from shared.models import TryOn
-from shared.tryons import pipeline as tp
+from shared.tryons import reconcile, state, submission
 from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_tryons import (
     job_row,
@@ -65,7 +65,7 @@ def counter(name: str, **labels: str) -> float:
 
 def die_in_run(svc, job_id: str) -> TryOn:
     with pytest.raises(WorkerDied):
-        tp.run(svc, job_id)
+        submission.run(svc, job_id)
     job = job_row(svc, job_id)
     assert (job.status, job.attempt, job.fal_request_id) == ("processing", 1, None)
     return job
@@ -78,7 +78,7 @@ def test_a_kill_after_fal_accepted_is_finished_by_the_webhook_without_a_second_s
     claimed = die_in_run(svc, job_id)
     # The redelivered task comes at once and leaves the live lease alone, but
     # comes back when it ends, in case the claimant is really gone.
-    (follow,) = tp.run(svc, job_id)
+    (follow,) = submission.run(svc, job_id)
     assert follow.task == "tryons.run"
     assert 15 < follow.countdown <= svc.settings.fal_in_doubt_seconds + 1
     job = wait_done(svc, dispatch, job_id)  # the emulator's webhook names job and attempt 1
@@ -88,7 +88,7 @@ def test_a_kill_after_fal_accepted_is_finished_by_the_webhook_without_a_second_s
     (request,) = stats["requests"]
     assert job.fal_request_id == request  # learnt from the webhook
     shift_clock(svc, svc.settings.fal_in_doubt_seconds + 1)
-    assert tp.run(svc, job_id) == []  # the lease's end finds the job done
+    assert submission.run(svc, job_id) == []  # the lease's end finds the job done
     assert claimed.due_at is not None
 
 
@@ -98,15 +98,15 @@ def test_a_claim_whose_worker_died_is_taken_over_when_its_lease_ends(
     taken_over = counter("tryon_claims_taken_over_total")
     job_id = queued_job(client, auth, dispatch, "lou")
     claimed = die_in_run(svc, job_id)
-    assert tp.reconcile(svc) == []  # the lease still runs
+    assert reconcile.reconcile(svc) == []  # the lease still runs
     lease = svc.settings.fal_in_doubt_seconds
     assert claimed.due_at - svc.clock() <= timedelta(seconds=lease)
     shift_clock(svc, lease + 1)
     # No redelivery (a worker that died whole holds its message for an hour): the
     # reconciler hands the job to `run`, which takes the claim over.
-    follow = tp.reconcile(svc)
+    follow = reconcile.reconcile(svc)
     assert [(f.task, f.args) for f in follow] == [("tryons.run", (job_id,))]
-    tp.send(svc, follow)
+    state.send(svc, follow)
     job = wait_done(svc, dispatch, job_id)
     assert (job.status, job.attempt) == ("succeeded", 2)
     assert counter("tryon_claims_taken_over_total") == taken_over + 1
@@ -127,9 +127,9 @@ def test_a_kill_before_sending_is_resent_once_and_only_once(client, auth, svc, d
     die_in_run(svc, job_id)
     assert emulator.stats()["submits"] == 0
     shift_clock(svc, svc.settings.fal_in_doubt_seconds + 1)
-    follow = tp.reconcile(svc)
-    follow += tp.reconcile(svc)  # a second pass while the first message waits
-    tp.send(svc, follow)
+    follow = reconcile.reconcile(svc)
+    follow += reconcile.reconcile(svc)  # a second pass while the first message waits
+    state.send(svc, follow)
     job = wait_done(svc, dispatch, job_id)
     assert (job.status, job.attempt) == ("succeeded", 2)
     assert emulator.stats()["submits"] == 1
@@ -170,17 +170,17 @@ def test_a_claimant_that_lost_its_lease_cancels_what_it_submitted(client, auth, 
     def takeover_meanwhile() -> None:
         # The first submit hangs past the lease; meanwhile the job is taken over.
         shift_clock(svc, svc.settings.fal_in_doubt_seconds + 1)
-        assert tp.run(svc, job_id) is not None
+        assert submission.run(svc, job_id) is not None
 
     gateway.during_first = takeover_meanwhile
-    assert tp.run(svc, job_id) == []
+    assert submission.run(svc, job_id) == []
     job = job_row(svc, job_id)
     assert job.attempt == 2 and job.fal_request_id
     stats = emulator.stats()
     assert stats["enqueued"] == 2 and stats["cancels"] == 1
     assert stats["requests"][job.fal_request_id]["cancel_requested"] is False
     assert counter("fal_double_submissions_total", cause="lease_lapsed") == doubles + 1
-    tp.send(svc, [tp.FollowUp("tryons.poll", (job_id, 2))])
+    state.send(svc, [state.FollowUp("tryons.poll", (job_id, 2))])
     assert wait_done(svc, dispatch, job_id).status == "succeeded"
 
 
@@ -195,7 +195,7 @@ def test_a_superseded_submission_that_finishes_after_all_is_taken_and_the_other_
     emulator.configure(job_faults=["never_complete"])  # the second submission hangs
     shift_clock(svc, svc.settings.fal_in_doubt_seconds + 1)
     dispatch.run_inline = False
-    tp.run(svc, job_id)  # takeover: attempt 2
+    submission.run(svc, job_id)  # takeover: attempt 2
     dispatch.run_inline = True
     second = job_row(svc, job_id).fal_request_id
     assert second and second != first

@@ -19,9 +19,10 @@ from PIL import Image, ImageChops, ImageStat
 from sqlalchemy import select
 
 from shared.core.i18n import MESSAGES
+from shared.core.task_names import VALIDATE_UPLOAD
 from shared.models import AuditEvent, TryOn, Upload
-from shared.storage.s3 import ObjectMissing
-from shared.tryons import pipeline as tryon_pipeline
+from shared.storage.base import ObjectMissing
+from shared.tryons import reconcile, state, submission
 from tests.conftest import assert_no_secrets, fixture_bytes
 from tests.integration.test_upload_flow import upload_ready
 
@@ -314,7 +315,7 @@ def test_job_waits_for_validation_then_runs(client, auth, svc, dispatch, emulato
     dispatch.run_due(lambda: dispatch.count("tryons.run") >= 3, timeout=10)
     assert job_row(svc, job_id).status == "queued"
     assert emulator.stats()["submits"] == 0
-    dispatch.handlers["uploads.validate"](upload_id)
+    dispatch.run_task(VALIDATE_UPLOAD, upload_id)
     assert wait_done(svc, dispatch, job_id).status == "succeeded"
 
 
@@ -407,12 +408,10 @@ def test_etag_and_retry_after(client, auth, svc, dispatch, emulator):
     assert second.headers["ETag"] == etag and second.headers["Retry-After"] == "2"
 
 
-def test_etag_of_a_succeeded_job_is_stable_while_its_urls_live(client, auth, svc, dispatch,
-                                                               monkeypatch):
-    from api.tryons import resources
-
-    monkeypatch.setattr(resources, "_now", lambda: 1_000_000.0)  # inside one signing window
+def test_etag_of_a_succeeded_job_is_stable_while_its_urls_live(client, auth, svc, dispatch):
     headers, _, job_id, _ = ready_job(client, auth, svc, dispatch, user="jon")
+    frozen = svc.clock()
+    svc.clock = lambda: frozen  # inside one signing window (SigV4 still signs in real time)
     first = client.get(f"/v1/try-ons/{job_id}", headers=headers)
     time.sleep(1.1)  # SigV4 dates have one-second resolution
     second = client.get(f"/v1/try-ons/{job_id}", headers=headers)
@@ -426,7 +425,7 @@ def test_etag_of_a_succeeded_job_is_stable_while_its_urls_live(client, auth, svc
         **headers, "If-None-Match": first.headers["ETag"]})
     assert changed.status_code == 200
     # a new signing window means new URLs, so a new ETag
-    monkeypatch.setattr(resources, "_now", lambda: 1_000_000.0 + 600)
+    svc.clock = lambda: frozen + timedelta(seconds=600)
     moved = client.get(f"/v1/try-ons/{job_id}", headers={
         **headers, "If-None-Match": changed.headers["ETag"]})
     assert moved.status_code == 200 and moved.headers["ETag"] != changed.headers["ETag"]
@@ -439,14 +438,14 @@ def test_favorite_keeps_the_result(client, auth, svc, dispatch, settings):
     tags = svc.storage.client.get_object_tagging(Bucket=settings.processed_bucket,
                                                  Key=job.result_key)["TagSet"]
     assert {"Key": "retention", "Value": "kept"} in tags
-    from shared.uploads import retention
+    from shared.tryons import retention as tryon_retention
     later = svc.clock() + timedelta(days=30)
     svc.clock = lambda: later
-    assert retention.delete_expired_results(svc) == 0
+    assert tryon_retention.delete_expired_results(svc) == 0
     body = client.delete(f"/v1/try-ons/{job_id}/favorite", headers=headers).get_json()
     assert body["favorite"] is False and body["deleteAfter"]
     svc.clock = lambda: later + timedelta(days=8)
-    assert retention.delete_expired_results(svc) == 1
+    assert tryon_retention.delete_expired_results(svc) == 1
     with pytest.raises(ObjectMissing):
         svc.storage.head(settings.processed_bucket, job.result_key)
     assert client.get(f"/v1/try-ons/{job_id}", headers=headers).status_code == 404
@@ -505,10 +504,10 @@ def test_broker_down_at_enqueue_is_reconciled(client, auth, svc, dispatch, emula
     assert response.status_code == 202 and response.get_json()["status"] == "queued"
     dispatch.broker_down = False
     job_id = response.get_json()["jobId"]
-    assert tryon_pipeline.send(svc, tryon_pipeline.reconcile(svc)) == 0  # not stale yet
+    assert state.send(svc, reconcile.reconcile(svc)) == 0  # not stale yet
     real_clock = svc.clock
     svc.clock = lambda: real_clock() + timedelta(seconds=31)
-    tryon_pipeline.send(svc, tryon_pipeline.reconcile(svc))
+    state.send(svc, reconcile.reconcile(svc))
     svc.clock = real_clock
     assert wait_done(svc, dispatch, job_id).status == "succeeded"
     assert emulator.stats()["submits"] == 1
@@ -583,7 +582,7 @@ def test_a_second_run_never_submits_a_processing_job_again(client, auth, svc, di
     upload = upload_ready(client, headers, ASTRONAUT)
     job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
     dispatch.run_due(lambda: job_row(svc, job_id).fal_request_id is not None, 10)
-    assert tryon_pipeline.run(svc, job_id) == []  # a duplicate delivery or a reconciler re-send
+    assert submission.run(svc, job_id) == []  # a duplicate delivery or a reconciler re-send
     assert emulator.stats()["submits"] == 1 and job_row(svc, job_id).attempt == 1
 
 
@@ -599,7 +598,7 @@ def test_reconciler_rechecks_silent_jobs_and_fails_overdue_ones(client, auth, sv
     assert job_row(svc, job_id).status == "processing"
     real_clock = svc.clock
     svc.clock = lambda: real_clock() + timedelta(seconds=31)
-    tryon_pipeline.send(svc, tryon_pipeline.reconcile(svc))
+    state.send(svc, reconcile.reconcile(svc))
     svc.clock = real_clock
     assert job_row(svc, job_id).status == "succeeded"  # its one status check found the result
 
@@ -607,7 +606,7 @@ def test_reconciler_rechecks_silent_jobs_and_fails_overdue_ones(client, auth, sv
     stuck = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
     dispatch.run_due(lambda: job_row(svc, stuck).fal_request_id is not None, 10)
     svc.clock = lambda: real_clock() + timedelta(seconds=svc.settings.fal_deadline_seconds + 1)
-    tryon_pipeline.send(svc, tryon_pipeline.reconcile(svc))
+    state.send(svc, reconcile.reconcile(svc))
     svc.clock = real_clock
     job = job_row(svc, stuck)
     assert (job.status, job.error_code) == ("failed", "fal.timeout")

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from shared.core.i18n import MESSAGES
 from shared.models import AuditEvent, Upload
-from shared.storage.s3 import ObjectMissing
+from shared.storage.base import ObjectMissing
 from tests.conftest import assert_no_secrets, fixture_bytes
 from tests.integration.test_upload_flow import presign, put, sha256_b64
 

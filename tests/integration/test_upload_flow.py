@@ -169,7 +169,7 @@ def test_list_pages_and_delete(client, auth, svc, settings):
     assert client.delete(f"/v1/uploads/{victim}", headers=auth("frank")).status_code == 404
     assert client.delete(f"/v1/uploads/{victim}", headers=headers).status_code == 204
     assert client.get(f"/v1/uploads/{victim}", headers=headers).get_json()["status"] == "deleted"
-    from shared.storage.s3 import ObjectMissing
+    from shared.storage.base import ObjectMissing
 
     with pytest.raises(ObjectMissing):
         svc.storage.head(settings.uploads_bucket, upload.sanitized_key)

@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from devstack.procs import wait_until
 from shared.core.i18n import MESSAGES
 from shared.models import AuditEvent, Upload
+from shared.storage.base import ObjectMissing, StorageUnavailable
 from shared.storage.keys import sanitized_key
-from shared.storage.s3 import ObjectMissing, StorageUnavailable
 from shared.uploads import retention
 from shared.uploads.validation import MAX_CRASHES, validate_upload
 from tests.conftest import WorkerDied, fixture_bytes, shift_clock

@@ -21,7 +21,7 @@ from devstack.procs import wait_until
 from shared.core.config import Settings
 from shared.fal.gateway import FalFailure, FalStatus, classify_completion_error, classify_http
 from shared.fal.webhooks import FalWebhookVerifier, job_token
-from shared.tryons import pipeline as tp
+from shared.tryons import completion, submission
 from tests.conftest import fixture_bytes
 from tests.integration.test_tryons import (
     SpyGateway,
@@ -120,10 +120,10 @@ def test_a_completed_status_with_an_error_is_classified_from_the_result_body(
         client, auth, svc, dispatch, emulator):
     emulator.configure(job_faults=["never_complete"])
     job_id = queued_job(client, auth, dispatch, "tom")
-    tp.run(svc, job_id)
+    submission.run(svc, job_id)
     svc.fal = CompletedWithError(svc.fal, FalFailure("fal.content_policy", False, 422,
                                                      "content_policy_violation"))
-    tp.poll(svc, job_id, 1)
+    completion.poll(svc, job_id, 1)
     job = job_row(svc, job_id)
     assert (job.status, job.error_code) == ("failed", "fal.content_policy")
 
@@ -168,8 +168,8 @@ def test_result_links_never_travel_through_the_broker(client, auth, svc, dispatc
 @pytest.mark.parametrize("jwks", [{"keys": []}, {"keys": [{"kty": "nonsense"}]},
                                   {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}])
 def test_a_fal_key_set_with_no_usable_key_is_503_not_500(client, app, svc, jwks):
-    app.extensions["hairfluencer.fal_webhooks"] = FalWebhookVerifier(
-        "https://rest.fal.ai/.well-known/jwks.json", fetch=lambda url: jwks)
+    app.extensions["hairfluencer"] = replace(app.extensions["hairfluencer"], fal_webhooks=(
+        FalWebhookVerifier("https://rest.fal.ai/.well-known/jwks.json", fetch=lambda url: jwks)))
     body = b'{"request_id": "r", "status": "OK", "payload": null}'
     token = job_token(svc.settings.webhook_secret, "job", 1)
     headers = {"X-Fal-Webhook-Request-Id": "r", "X-Fal-Webhook-User-Id": "u",

@@ -14,8 +14,8 @@ import pillow_heif
 import pytest
 from PIL import Image, ImageCms
 
+from shared.storage.base import ObjectMissing
 from shared.storage.keys import sanitized_key
-from shared.storage.s3 import ObjectMissing
 from tests.conftest import fixture_bytes
 from tests.integration.test_upload_flow import presign, put
 

@@ -104,9 +104,10 @@ def test_nothing_secret_reaches_logs_task_arguments_or_sentry(
     issued = presign(client, headers, ASTRONAUT).get_json()
     remember(issued["uploadUrl"])
     assert put(issued, ASTRONAUT).status_code == 200
-    app.extensions["hairfluencer"] = throttled
+    services = app.extensions["hairfluencer"]
+    app.extensions["hairfluencer"] = replace(services, svc=throttled)
     confirmed = client.post("/v1/uploads/confirm", headers=headers, json={"key": issued["key"]})
-    app.extensions["hairfluencer"] = svc
+    app.extensions["hairfluencer"] = services
     assert confirmed.status_code == 503
     proxy.stop()
 
@@ -127,14 +128,14 @@ def test_nothing_secret_reaches_logs_task_arguments_or_sentry(
     assert fal_media
 
     # The beat's passes over all of it (their logs are part of what is checked).
-    from shared.privacy import erasure
-    from shared.tryons import pipeline as tp
+    from shared.privacy import erasure, orphans
+    from shared.tryons import reconcile, state
     from shared.tryons import results as result_store
     from shared.uploads import retention
-    tp.send(svc, tp.reconcile(svc))
+    state.send(svc, reconcile.reconcile(svc))
     retention.resend_stale_validations(svc)
     retention.purge_raw_objects(svc)
-    retention.remove_orphans(svc)
+    orphans.remove_orphans(svc)
     result_store.repair_tags(svc)
     erasure.resume_unfinished(svc)
 

@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 from shared.core.media_hosts import MediaHosts
+from shared.fal.completions import Completion
 from shared.fal.gateway import FalFailure
 from shared.fal.webhooks import job_token
-from shared.tryons import pipeline as tp
+from shared.tryons import completion, result_download, submission
 from tests.conftest import fixture_bytes
 from tests.integration.test_tryons import job_row, queued_job, sign_as_fal, start_job
 from tests.integration.test_upload_flow import upload_ready
@@ -75,7 +76,7 @@ class Recorder:
 @pytest.fixture
 def media(monkeypatch) -> Recorder:
     recorder = Recorder()
-    monkeypatch.setattr(tp, "_media_client", recorder.client)
+    monkeypatch.setattr(result_download, "_media_client", recorder.client)
     return recorder
 
 
@@ -83,10 +84,9 @@ def test_a_result_url_outside_the_allow_list_is_never_fetched(client, auth, svc,
                                                              emulator, media):
     emulator.configure(job_faults=["never_complete"])
     job_id = queued_job(client, auth, dispatch, "xia")
-    tp.run(svc, job_id)
-    evil = {"images": [{"url": "https://fal.media@169.254.169.254/latest/meta-data/"}]}
-    tp.complete(svc, job_id, 1, tp.Completion(True, job_row(svc, job_id).fal_request_id,
-                                              output=evil))
+    submission.run(svc, job_id)
+    evil = ("https://fal.media@169.254.169.254/latest/meta-data/",)
+    completion.complete(svc, job_id, 1, Completion(True, job_row(svc, job_id).fal_request_id, evil))
     job = job_row(svc, job_id)
     assert (job.status, job.error_code) == ("failed", "fal.bad_result")
     assert media.requests == []
@@ -95,7 +95,7 @@ def test_a_result_url_outside_the_allow_list_is_never_fetched(client, auth, svc,
 def test_a_redirect_from_a_media_host_is_not_followed(svc, media):
     allowed = f"https://{next(iter(svc.settings.media_hosts.exact))}/media/x.jpg"
     with pytest.raises(FalFailure) as refused:
-        tp._download(svc, allowed)
+        result_download.download_result(svc, allowed)
     assert (refused.value.code, refused.value.retriable) == ("fal.bad_result", False)
     assert media.requests == [allowed]  # one request; the Location was not visited
 

@@ -1,0 +1,56 @@
+"""The beat's safety net for try-ons: every job whose `due_at` passed with nobody
+acting on it is handed to the step that moves it on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import or_, select, update
+
+from shared.core.task_names import POLL_TRYON, RUN_TRYON
+from shared.models import JobStatus, TryOn
+from shared.services import Services
+from shared.tryons.state import SILENT_AFTER, FollowUp, time_out
+
+# A queued job whose run was due this long ago has lost its message: send it again.
+QUEUED_GRACE = timedelta(seconds=10)
+
+
+RECONCILE_BATCH = 500
+
+
+def reconcile(svc: Services) -> list[FollowUp]:
+    """Every job whose `due_at` passed with nobody acting on it: a queued job's run is
+    sent again, a lapsed claim is handed to `run` (which takes it over), a submitted
+    job is asked about, and a job past its deadline is failed."""
+    now = svc.clock()
+    with svc.sessions() as session:
+        jobs = list(session.scalars(select(TryOn).where(
+            TryOn.status.in_(JobStatus.IN_FLIGHT),
+            or_(TryOn.due_at.is_(None), TryOn.due_at < now, TryOn.deadline_at < now))
+            .order_by(TryOn.due_at).limit(RECONCILE_BATCH)))
+    follow: list[FollowUp] = []
+    resent: list[str] = []
+    asked: list[str] = []
+    for job in jobs:
+        if job.deadline_at is not None and now >= job.deadline_at:
+            follow += time_out(svc, job)
+        elif job.status == JobStatus.QUEUED:
+            if job.due_at is None or job.due_at < now - QUEUED_GRACE:
+                follow.append(FollowUp(RUN_TRYON, (job.id,)))
+                resent.append(job.id)
+        elif not job.fal_request_id:
+            follow.append(FollowUp(RUN_TRYON, (job.id,)))  # the claim's lease ended
+        else:
+            follow.append(FollowUp(POLL_TRYON, (job.id, job.attempt, False)))
+            asked.append(job.id)
+    # Marked, so that the next pass waits for these messages instead of doubling them.
+    with svc.sessions.begin() as session:
+        if resent:
+            session.execute(update(TryOn).where(TryOn.id.in_(resent),
+                                                TryOn.status == JobStatus.QUEUED).values(due_at=now))
+        if asked:
+            session.execute(update(TryOn).where(TryOn.id.in_(asked),
+                                                TryOn.status == JobStatus.PROCESSING)
+                            .values(due_at=now + SILENT_AFTER))
+    return follow

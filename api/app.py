@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Flask
 from flask_smorest import Api
+from sentry_sdk.integrations.flask import FlaskIntegration
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api import context, health, me, webhooks
@@ -43,8 +44,6 @@ def create_app(settings: Settings | None = None, svc: Services | None = None,
     settings = settings or get_settings()
     if configure_logs:
         configure_logging(settings.log_level)
-        from sentry_sdk.integrations.flask import FlaskIntegration
-
         init_sentry(settings.sentry_dsn, settings.env, [FlaskIntegration()])
     app = Flask(__name__)
     app.config.update(API_CONFIG)

@@ -11,7 +11,10 @@ from importlib.metadata import entry_points
 
 import click
 
+from shared.access.auth import issue_dev_token
 from shared.core.config import ENV_VARS, get_settings
+from shared.core.migrate import upgrade
+from shared.storage.setup import apply
 
 
 @click.group()
@@ -22,8 +25,6 @@ def main() -> None:
 @main.command()
 def migrate() -> None:
     """Apply database migrations (Alembic) up to the newest."""
-    from shared.core.migrate import upgrade
-
     upgrade(get_settings().database_url)
     click.echo("database is at the newest migration")
 
@@ -32,8 +33,6 @@ def migrate() -> None:
 @click.option("--create/--no-create", default=True, help="Create missing buckets.")
 def setup_storage(create: bool) -> None:
     """Create/harden the buckets: private, encrypted, TLS-only, CORS, lifecycle."""
-    from shared.storage.setup import apply
-
     for line in apply(get_settings(), create=create):
         click.echo(line)
 
@@ -43,8 +42,6 @@ def setup_storage(create: bool) -> None:
 @click.option("--ttl", default=7 * 24 * 3600, show_default=True, help="Lifetime in seconds.")
 def token(user_id: str, ttl: int) -> None:
     """Print a development token for USER_ID (HS256; refused in production)."""
-    from shared.access.auth import issue_dev_token
-
     settings = get_settings()
     if settings.is_production:
         raise click.ClickException("development tokens are refused in production")

@@ -6,7 +6,9 @@ so no view can forget it; views read the caller with `current_user_id()`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 
@@ -18,6 +20,7 @@ from shared.core.observability import (
     reset_correlation_id,
     set_correlation_id,
 )
+from shared.core.pagination import Page
 from shared.fal.webhooks import FalWebhookVerifier
 from shared.services import Services
 
@@ -85,4 +88,12 @@ class AppServices:
 
 
 def app_services() -> AppServices:
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    return current_app.extensions[EXTENSION]
+
+
+def listed(list_for_user: Callable[..., Page[Any]], view: Callable[[Any], dict[str, Any]],
+           args: dict[str, Any]) -> dict[str, Any]:
+    """One page of the caller's rows, as the list endpoints answer it."""
+    page = list_for_user(app_services().svc, current_user_id(), limit=args["limit"],
+                         cursor=args["cursor"], status=args["status"])
+    return {"items": [view(row) for row in page.items], "nextCursor": page.next_cursor}

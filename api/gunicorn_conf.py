@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prometheus_client import multiprocess
+
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 timeout = 30
@@ -18,6 +20,4 @@ graceful_timeout = 20
 def child_exit(_server: Any, worker: Any) -> None:
     # Multi-process Prometheus metrics: drop a dead worker's live gauges.
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(worker.pid)

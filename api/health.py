@@ -6,10 +6,11 @@ import logging
 import os
 
 from flask import Blueprint, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from sqlalchemy import text
 
 from api.context import app_services
+from shared.core.tasks import celery_app
 
 log = logging.getLogger(__name__)
 blp = Blueprint("health", __name__)
@@ -48,8 +49,6 @@ def _check_redis() -> None:
 
 
 def _check_broker() -> None:
-    from shared.core.tasks import celery_app
-
     with celery_app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, timeout=2)
 
@@ -63,8 +62,6 @@ def _check_storage() -> None:
 @blp.get("/metrics")
 def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # read by prometheus-client itself
-        from prometheus_client import multiprocess
-
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -33,7 +33,7 @@ class FalWebhook(MethodView):
         try:
             job_id, attempt, completion = accept_delivery(
                 services.fal_webhooks, services.svc.settings.webhook_secret, request.args,
-                request.headers, request.get_data())
+                dict(request.headers), request.get_data())
         except VerifierUnavailable:
             raise AppError("service.unavailable", retry_after=30) from None
         except WebhookRejected as exc:

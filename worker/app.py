@@ -11,6 +11,7 @@ import resource
 from typing import Any
 
 from celery import signals
+from sentry_sdk.integrations.celery import CeleryIntegration
 
 import worker.tasks  # noqa: F401  - registers the tasks on the app
 from shared.core.config import get_settings
@@ -46,7 +47,5 @@ def _limit_memory(**_: Any) -> None:
 @signals.worker_process_init.connect
 @signals.beat_init.connect
 def _init_sentry(**_: Any) -> None:
-    from sentry_sdk.integrations.celery import CeleryIntegration
-
     settings = get_settings()
     init_sentry(settings.sentry_dsn, settings.env, [CeleryIntegration()])

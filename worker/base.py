@@ -47,7 +47,7 @@ def use_services(svc: Services | None) -> None:
     _services = svc
 
 
-class AppTask(Task):  # type: ignore[misc]
+class AppTask(Task):
     abstract = True
     acks_late = True
     ignore_result = True
@@ -85,4 +85,4 @@ MAINTENANCE = {"max_retries": 0, "time_limit": 600, "soft_time_limit": 540}
 
 def task(name: str, options: dict[str, Any]) -> Callable[[Callable[..., Any]], Any]:
     """Register a task under its name with the base, bound to its Services."""
-    return celery_app.task(base=AppTask, bind=True, name=name, **options)  # type: ignore[no-any-return]
+    return celery_app.task(base=AppTask, bind=True, name=name, **options)

@@ -8,7 +8,7 @@ from flask import Response, g, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.context import app_services, current_user_id
+from api.context import app_services, current_user_id, listed
 from api.errors import error_object, request_locale
 from api.tryons.schemas import (
     HairstyleListSchema,
@@ -98,9 +98,7 @@ class TryOnCollection(MethodView):
     @blp.response(200, TryOnListSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """The caller's try-ons, newest first, in cursor pages"""
-        page = tryons.list_for_user(app_services().svc, current_user_id(), limit=args["limit"],
-                                    cursor=args["cursor"], status=args["status"])
-        return {"items": [job_view(j) for j in page.items], "nextCursor": page.next_cursor}
+        return listed(tryons.list_for_user, job_view, args)
 
 
 @blp.route("/try-ons/<string:job_id>")

@@ -7,7 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.context import app_services, current_user_id
+from api.context import app_services, current_user_id, listed
 from api.errors import error_object, request_locale
 from api.uploads.schemas import (
     ConfirmRequestSchema,
@@ -66,9 +66,7 @@ class UploadList(MethodView):
     @blp.response(200, UploadListSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """The caller's uploads, newest first, in cursor pages"""
-        page = uploads.list_for_user(app_services().svc, current_user_id(), limit=args["limit"],
-                                     cursor=args["cursor"], status=args["status"])
-        return {"items": [_view(u) for u in page.items], "nextCursor": page.next_cursor}
+        return listed(uploads.list_for_user, _view, args)
 
 
 @blp.route("/<string:upload_id>")

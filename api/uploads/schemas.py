@@ -7,7 +7,6 @@ from typing import Any
 from marshmallow import fields, validate
 
 from api.schemas import BaseSchema, PageArgsSchema
-from shared.storage.keys import EXTENSIONS
 
 
 class PresignRequestSchema(BaseSchema):
@@ -68,10 +67,6 @@ class UploadListSchema(BaseSchema):
 class UploadListArgsSchema(PageArgsSchema):
     status = fields.String(load_default=None, validate=validate.OneOf(
         ["pending", "validating", "ready", "rejected", "expired", "deleted"]))
-
-
-def supported_types() -> list[str]:
-    return sorted(EXTENSIONS)
 
 
 def upload_view(upload: Any, rejection: dict[str, Any] | None) -> dict[str, Any]:

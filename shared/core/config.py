@@ -8,9 +8,11 @@ The README's environment table is generated from ``ENV_VARS`` below
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -203,21 +205,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 def _with(settings: Settings, **changes: object) -> Settings:
-    from dataclasses import replace
-
     return replace(settings, **changes)  # type: ignore[arg-type]
 
 
 def _derive(secret: str) -> str:
-    import hashlib
-
     return hashlib.sha256(b"webhook:" + secret.encode()).hexdigest()
 
 
 def _dev_secret() -> str:
     """Read the checkout's development secret, creating it on first use."""
-    import secrets
-
     if not DEV_SECRET_FILE.exists():
         DEV_SECRET_FILE.parent.mkdir(parents=True, exist_ok=True)
         tmp = DEV_SECRET_FILE.with_suffix(".tmp")

@@ -6,7 +6,7 @@ apex unless listed too; fal adds CDN hosts like v3b.fal.media). A URL passes onl
 over HTTPS, with no user info, on the default port unless its exact `host:port`
 is listed, and an IP literal only if listed exactly: `https://fal.media@evil.example`,
 `fal.media.evil.example`, `https://169.254.169.254/` and `http://` all fail.
-Redirects are never followed by the downloader (shared/tryons/pipeline.py).
+Redirects are never followed by the downloader (shared/tryons/result_download.py).
 """
 
 from __future__ import annotations

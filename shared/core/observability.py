@@ -15,6 +15,7 @@ import sys
 import uuid
 from typing import Any
 
+import sentry_sdk
 from pythonjsonlogger.json import JsonFormatter
 
 _correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -168,8 +169,6 @@ def scrub_sentry_event(event: dict[str, Any], _hint: Any) -> dict[str, Any]:
 def init_sentry(dsn: str, environment: str, integrations: list[Any]) -> None:
     if not dsn:
         return
-    import sentry_sdk
-
     sentry_sdk.init(
         dsn=dsn,
         environment=environment,

@@ -108,7 +108,7 @@ class FaceDetector:
 
     def count_faces(self, image: Image.Image) -> int:
         grey = self._working_copy(image)
-        import numpy as np  # ships with opencv, so it is only needed with the extra
+        import numpy as np  # optional: ships with opencv (the face extra), loaded on first use
 
         pixels = np.asarray(grey)
         # Selfies fill the frame; a minimum face size relative to the picture removes

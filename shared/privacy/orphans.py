@@ -34,14 +34,14 @@ def _live_raw(session: Session, keys: list[str]) -> set[str]:
 
 
 def _live_sanitized(session: Session, keys: list[str]) -> set[str]:
-    return set(session.scalars(select(Upload.sanitized_key).where(
-        Upload.sanitized_key.in_(keys), Upload.status == UploadStatus.READY)))
+    return {key for key in session.scalars(select(Upload.sanitized_key).where(
+        Upload.sanitized_key.in_(keys), Upload.status == UploadStatus.READY)) if key}
 
 
 def _live_results(session: Session, keys: list[str]) -> set[str]:
     live = set(session.scalars(select(TryOn.result_key).where(TryOn.result_key.in_(keys))))
-    return live | set(session.scalars(select(TryOn.thumbnail_key).where(
-        TryOn.thumbnail_key.in_(keys))))
+    live |= set(session.scalars(select(TryOn.thumbnail_key).where(TryOn.thumbnail_key.in_(keys))))
+    return {key for key in live if key}
 
 
 def remove_orphans(svc: Services) -> int:

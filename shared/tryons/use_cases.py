@@ -20,7 +20,8 @@ from shared.access.erasure_lock import refuse_while_erasing
 from shared.core import audit
 from shared.core.db import updated_rows
 from shared.core.errors import AppError
-from shared.core.pagination import Page, is_uuid, page
+from shared.core.ownership import get_owned, owned, page_owned
+from shared.core.pagination import Page
 from shared.core.task_names import RUN_TRYON
 from shared.models import JobStatus, TryOn, Upload, UploadStatus, UTCDateTime
 from shared.services import Services
@@ -91,8 +92,8 @@ def _source_upload(svc: Services, user_id: str, upload_id: str | None,
                    key: str | None) -> Upload:
     with svc.sessions() as session:
         if upload_id:
-            upload = session.get(Upload, upload_id) if is_uuid(upload_id) else None
-        elif key:
+            return owned(session, Upload, upload_id, user_id, "upload.not_found")
+        if key:
             parsed = parse_raw_key(key)
             if parsed is None or parsed[0] != user_id:
                 raise AppError("upload.forbidden_key")
@@ -125,19 +126,13 @@ def result_links(svc: Services, job: TryOn) -> ResultLinks | None:
 
 
 def get(svc: Services, user_id: str, job_id: str) -> TryOn:
-    with svc.sessions() as session:
-        job = session.get(TryOn, job_id) if is_uuid(job_id) else None
-    if job is None or job.user_id != user_id:
-        raise AppError("tryon.not_found")
-    return job
+    return get_owned(svc.sessions, TryOn, job_id, user_id, "tryon.not_found")
 
 
 def list_for_user(svc: Services, user_id: str, *, limit: int, cursor: str | None,
                   status: str | None) -> Page[TryOn]:
-    query = select(TryOn).where(TryOn.user_id == user_id)
-    if status:
-        query = query.where(TryOn.status == status)
-    return page(svc.sessions, TryOn, query, limit=limit, cursor=cursor)
+    conditions = [TryOn.status == status] if status else []
+    return page_owned(svc.sessions, TryOn, user_id, *conditions, limit=limit, cursor=cursor)
 
 
 def set_favorite(svc: Services, user_id: str, job_id: str, favorite: bool) -> TryOn:

@@ -32,6 +32,7 @@ from shared.core import audit, metrics
 from shared.core.db import updated_rows
 from shared.core.leases import LeaseKeeper
 from shared.images.sanitize import ImageRejected, SanitizedImage, inspect_and_decode, sanitize
+from shared.images.scanners import run_scanners
 from shared.models import Upload, UploadStatus
 from shared.services import Services
 from shared.storage.base import ObjectMissing, sha256_b64
@@ -155,10 +156,9 @@ def _check_and_sanitize(svc: Services, upload: Upload, timings: dict[str, float]
             except ImageRejected as exc:
                 raise Rejection(exc.code, exc.detail) from None
         with _timed(timings, "scan"):
-            for scanner in svc.scanners:
-                verdict = scanner.scan(data, image)  # type: ignore[attr-defined]
-                if verdict is not None:
-                    raise Rejection(verdict.code, getattr(verdict, "detail", ""))
+            verdict = run_scanners(svc.scanners, data, image)
+            if verdict is not None:
+                raise Rejection(verdict.code, verdict.detail)
         with _timed(timings, "sanitize"):
             return sanitize(image)
     except MemoryError:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from typing import Any
 
 import jwt
 import pytest
@@ -14,47 +12,21 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.core.i18n import MESSAGES
 from tests.conftest import DEV_SECRET, make_settings
-from tests.security.test_jwt_attacks import Jwks as Keys
-from tests.security.test_jwt_attacks import serve
-
-ISSUER = "https://auth.hairfluencer.test"
-AUDIENCE = "hairfluencer-api"
-
-
-@pytest.fixture(scope="module")
-def jwks_server() -> Iterator[tuple[str, Keys]]:
-    keys = Keys()
-    url, server = serve(keys)
-    yield url, keys
-    server.shutdown()
+from tests.security.test_jwt_attacks import (  # noqa: F401 - jwks: a fixture, found by name
+    AUDIENCE,
+    ISSUER,
+    claims,
+    client_trusting,
+    eddsa,
+    jwks,
+    rs256,
+)
 
 
 @pytest.fixture
-def jwks_client(jwks_server, pg_url, s3_endpoint, buckets, svc, quotas):
-    from api.app import create_app
-
-    url, keys = jwks_server
-    settings = make_settings(database_url=pg_url, s3_endpoint_url=s3_endpoint,
-                             uploads_bucket=buckets[0], processed_bucket=buckets[1],
-                             jwt_jwks_url=url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE,
-                             jwt_dev_secret="")
-    app = create_app(settings, svc, quotas, configure_logs=False)
-    return app.test_client(), keys
-
-
-def claims(**overrides: Any) -> dict[str, Any]:
-    now = int(time.time())
-    base = {"sub": "user_42", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 600}
-    base.update(overrides)
-    return {k: v for k, v in base.items() if v is not None}
-
-
-def rs256(keys: Keys, **overrides: Any) -> str:
-    return jwt.encode(claims(**overrides), keys.rsa, algorithm="RS256", headers={"kid": "rsa-1"})
-
-
-def eddsa(keys: Keys, **overrides: Any) -> str:
-    return jwt.encode(claims(**overrides), keys.ed, algorithm="EdDSA", headers={"kid": "ed-1"})
+def jwks_client(jwks, svc, quotas):  # noqa: F811 - the imported fixture
+    url, keys = jwks
+    return client_trusting(url, svc, quotas), keys
 
 
 def get(client, token: str | None, locale: str = "en", raw: str | None = None):

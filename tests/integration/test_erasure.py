@@ -20,6 +20,7 @@ from shared.tryons import completion, submission
 from shared.tryons import results as result_store
 from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_tryons import (
+    assert_erased,
     job_row,
     queued_job,
     ready_job,
@@ -86,12 +87,7 @@ def test_done_means_nothing_of_the_user_is_left(client, auth, svc, dispatch, emu
         assert client.get(f"/v1/try-ons/{job_id}", headers=headers).status_code == 404
     for upload_id in user["uploads"]:
         assert client.get(f"/v1/uploads/{upload_id}", headers=headers).status_code == 404
-    assert client.get("/v1/uploads", headers=headers).get_json()["items"] == []
-    assert client.get("/v1/try-ons", headers=headers).get_json()["items"] == []
-    with svc.sessions() as session:
-        actions = list(session.scalars(select(AuditEvent.action).where(
-            AuditEvent.user_id == "zed")))
-        assert session.get(Upload, other["uploadId"]).status == "ready"
+    actions = assert_erased(client, headers, svc, "zed", untouched_upload=other["uploadId"])
     assert actions.count("user.erased") == 1 and actions.count("user.erasure_requested") == 1
     assert {"upload.issued", "tryon.succeeded", "tryon.deleted", "upload.deleted"} <= set(actions)
     # Done, the user may start again (the per-user request rate is 10/s: let it pass).

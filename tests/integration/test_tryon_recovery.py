@@ -135,14 +135,18 @@ def test_a_kill_before_sending_is_resent_once_and_only_once(client, auth, svc, d
     assert emulator.stats()["submits"] == 1
 
 
+def _with_the_answer_lost(client, auth, svc, dispatch, emulator, user: str):
+    """A job whose first submission fal accepted but whose answer never came back."""
+    emulator.configure(submit_faults=["drop_after_enqueue"])
+    upload = upload_ready(client, auth(user), ASTRONAUT)
+    job_id = start_job(client, auth(user), upload["uploadId"]).get_json()["jobId"]
+    return wait_done(svc, dispatch, job_id)
+
+
 def test_an_answer_lost_after_sending_waits_for_the_webhook(client, auth, svc, dispatch,
                                                             emulator, live_api):
-    emulator.configure(submit_faults=["drop_after_enqueue"])
     in_doubt = counter("fal_submit_total", result="in_doubt")
-    headers = auth("ned")
-    upload = upload_ready(client, headers, ASTRONAUT)
-    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
-    job = wait_done(svc, dispatch, job_id)
+    job = _with_the_answer_lost(client, auth, svc, dispatch, emulator, "ned")
     assert (job.status, job.attempt) == ("succeeded", 1)
     assert emulator.stats()["enqueued"] == 1  # not submitted twice
     assert counter("fal_submit_total", result="in_doubt") == in_doubt + 1
@@ -150,12 +154,8 @@ def test_an_answer_lost_after_sending_waits_for_the_webhook(client, auth, svc, d
 
 def test_an_answer_lost_without_webhooks_is_submitted_again_and_counted(client, auth, svc,
                                                                        dispatch, emulator):
-    emulator.configure(submit_faults=["drop_after_enqueue"])
     doubles = counter("fal_double_submissions_total", cause="no_webhook")
-    headers = auth("ora")
-    upload = upload_ready(client, headers, ASTRONAUT)
-    job_id = start_job(client, headers, upload["uploadId"]).get_json()["jobId"]
-    job = wait_done(svc, dispatch, job_id)
+    job = _with_the_answer_lost(client, auth, svc, dispatch, emulator, "ora")
     assert (job.status, job.attempt) == ("succeeded", 2)
     assert emulator.stats()["enqueued"] == 2
     assert counter("fal_double_submissions_total", cause="no_webhook") == doubles + 1

@@ -627,14 +627,20 @@ def test_erasure_removes_every_object_and_row_but_keeps_the_audit_trail(
                         (settings.processed_bucket, job.thumbnail_key)):
         with pytest.raises(ObjectMissing):
             svc.storage.head(bucket, key)
+    actions = assert_erased(client, headers, svc, "sid", untouched_upload=other["uploadId"])
+    assert {"upload.issued", "tryon.succeeded", "user.erasure_requested",
+            "user.erased"} <= set(actions)
+
+
+def assert_erased(client, headers, svc, user_id: str, *, untouched_upload: str) -> list[str]:
+    """The erased user lists nothing, another user's upload is untouched, and the
+    audit trail stays: its actions are returned."""
     assert client.get("/v1/uploads", headers=headers).get_json()["items"] == []
     assert client.get("/v1/try-ons", headers=headers).get_json()["items"] == []
     with svc.sessions() as session:
-        actions = set(session.scalars(select(AuditEvent.action).where(
-            AuditEvent.user_id == "sid")))
-        assert session.get(Upload, other["uploadId"]).status == "ready"
-    assert {"upload.issued", "tryon.succeeded", "user.erasure_requested",
-            "user.erased"} <= actions
+        assert session.get(Upload, untouched_upload).status == "ready"
+        return list(session.scalars(select(AuditEvent.action).where(
+            AuditEvent.user_id == user_id)))
 
 
 def test_erasure_with_the_broker_down_is_accepted_and_resumed_by_the_beat(client, auth, svc,

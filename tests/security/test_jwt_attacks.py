@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
+from api.app import create_app
 from shared.access.auth import JWKS_REFETCH_SECONDS, TokenVerifier
 from shared.core.jwks import JwksCache, KeysUnavailable
 from tests.conftest import DEV_SECRET, make_settings
@@ -77,17 +78,20 @@ def jwks() -> Iterator[tuple[str, Jwks]]:
     server.shutdown()
 
 
-@pytest.fixture
-def client(jwks, svc, quotas):
-    from api.app import create_app
-
-    url, _ = jwks
+def client_trusting(jwks_url: str, svc, quotas):
+    """A test client of the app that trusts this JWKS only (no development secret);
+    also used by test_auth.py."""
     settings = make_settings(database_url=svc.settings.database_url,
                              s3_endpoint_url=svc.settings.s3_endpoint_url,
                              uploads_bucket=svc.settings.uploads_bucket,
-                             processed_bucket=svc.settings.processed_bucket, jwt_jwks_url=url,
+                             processed_bucket=svc.settings.processed_bucket, jwt_jwks_url=jwks_url,
                              jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_dev_secret="")
     return create_app(settings, svc, quotas, configure_logs=False).test_client()
+
+
+@pytest.fixture
+def client(jwks, svc, quotas):
+    return client_trusting(jwks[0], svc, quotas)
 
 
 def claims(**overrides: Any) -> dict[str, Any]:

@@ -1,54 +1,48 @@
 """The beat's passes (celeryconfig.beat_schedule): reconcilers that take over work
-nobody holds, and retention."""
+nobody holds, and retention. Each is one domain call, registered under its name."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from shared.core import task_names as names
 from shared.privacy import erasure, orphans
+from shared.services import Services
 from shared.tryons import reconcile, results, state
 from shared.tryons import retention as tryon_retention
 from shared.uploads import retention as upload_retention
 from worker.base import MAINTENANCE, AppTask, task
 
 
-@task(names.RECONCILE_TRYONS, MAINTENANCE)
-def reconcile_tryons(self: AppTask) -> int:
-    return state.send(self.svc, reconcile.reconcile(self.svc))
+def _upload_retention(svc: Services) -> int:
+    return (upload_retention.expire_unconfirmed(svc) + upload_retention.delete_past_retention(svc)
+            + upload_retention.purge_dead_upload_rows(svc))
 
 
-@task(names.RESEND_STALE_VALIDATIONS, MAINTENANCE)
-def resend_stale_validations(self: AppTask) -> int:
-    return upload_retention.resend_stale_validations(self.svc)
+def _tryon_retention(svc: Services) -> int:
+    tryon_retention.release_idempotency_keys(svc)
+    return tryon_retention.delete_expired_results(svc)
 
 
-@task(names.RESUME_ERASURES, MAINTENANCE)
-def resume_erasures(self: AppTask) -> int:
-    return erasure.resume_unfinished(self.svc)
+PASSES: dict[str, Callable[[Services], int]] = {
+    names.RECONCILE_TRYONS: lambda svc: state.send(svc, reconcile.reconcile(svc)),
+    names.RESEND_STALE_VALIDATIONS: upload_retention.resend_stale_validations,
+    names.RESUME_ERASURES: erasure.resume_unfinished,
+    names.REPAIR_RESULT_TAGS: results.repair_tags,
+    names.PURGE_RAW_UPLOADS: upload_retention.purge_raw_objects,
+    names.UPLOAD_RETENTION: _upload_retention,
+    names.TRYON_RETENTION: _tryon_retention,
+    names.REMOVE_ORPHANS: orphans.remove_orphans,
+}
 
 
-@task(names.REPAIR_RESULT_TAGS, MAINTENANCE)
-def repair_result_tags(self: AppTask) -> int:
-    return results.repair_tags(self.svc)
+def _register(name: str, run: Callable[[Services], int]) -> None:
+    def beat_pass(self: AppTask) -> int:
+        return run(self.svc)
+
+    beat_pass.__name__ = beat_pass.__qualname__ = name.rpartition(".")[2]
+    task(name, MAINTENANCE)(beat_pass)
 
 
-@task(names.PURGE_RAW_UPLOADS, MAINTENANCE)
-def purge_raw_uploads(self: AppTask) -> int:
-    return upload_retention.purge_raw_objects(self.svc)
-
-
-@task(names.UPLOAD_RETENTION, MAINTENANCE)
-def upload_retention_pass(self: AppTask) -> int:
-    return (upload_retention.expire_unconfirmed(self.svc)
-            + upload_retention.delete_past_retention(self.svc)
-            + upload_retention.purge_dead_upload_rows(self.svc))
-
-
-@task(names.TRYON_RETENTION, MAINTENANCE)
-def tryon_retention_pass(self: AppTask) -> int:
-    tryon_retention.release_idempotency_keys(self.svc)
-    return tryon_retention.delete_expired_results(self.svc)
-
-
-@task(names.REMOVE_ORPHANS, MAINTENANCE)
-def remove_orphans(self: AppTask) -> int:
-    return orphans.remove_orphans(self.svc)
+for _name, _run in PASSES.items():
+    _register(_name, _run)

@@ -1,0 +1,94 @@
+"""The app part of the stack: API (gunicorn, webhook mode), Celery worker and beat,
+restarted per configuration around long-lived S3, Redis, emulator and database."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+from pathlib import Path
+
+from bench.common.launch import start_ready
+from bench.common.paths import REPO_ROOT, VENV_BIN
+from bench.common.procfs import descendants
+from bench.tryon.config import QUEUES, Config
+from devstack.procs import ManagedProcess
+
+READY_TIMEOUT = 60.0
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")
+
+
+def _celery(*args: str) -> list[str]:
+    return [str(VENV_BIN / "celery"), "-A", "worker.app", *args]
+
+
+class Stack:
+    def __init__(self, env: dict[str, str], api_port: int, logs: Path, state: Path) -> None:
+        self.env = env
+        self.state = state
+        self.api_port = api_port
+        self.base = f"http://127.0.0.1:{api_port}"
+        self.logs = logs
+        self.api: ManagedProcess | None = None
+        self.worker: ManagedProcess | None = None
+        self.beat: ManagedProcess | None = None
+        self.config: Config | None = None
+        self._n = itertools.count()
+
+    def start_beat(self) -> None:
+        self.beat = ManagedProcess(
+            _celery("beat", "--loglevel", "INFO", "-s", str(self.state / "beat-schedule")),
+            self.logs / "beat.log", env=self.env, cwd=REPO_ROOT, name="beat").start()
+
+    def start(self, config: Config) -> None:
+        """(Re)start API and worker in this shape; waits until both serve."""
+        self.stop_app()
+        n = next(self._n)
+        self.config = config
+        api_cmd = [str(VENV_BIN / "gunicorn"), "-c", "python:api.gunicorn_conf",
+                   "-b", f"127.0.0.1:{self.api_port}", "-w", str(config.api_workers),
+                   "-k", config.api_kind, "--backlog", "2048"]
+        if config.api_kind == "gthread":
+            api_cmd += ["--threads", str(config.api_threads)]
+        self.api = start_ready([*api_cmd, "api.wsgi:app"],
+                               self.logs / f"api-{n}-{_slug(config.label)}.log", self.env, "api",
+                               f"{self.base}/readyz", READY_TIMEOUT)
+        worker = ManagedProcess(
+            _celery("worker", "-Q", QUEUES, "-P", config.pool, "-c", str(config.concurrency),
+                    "--loglevel", "INFO", "-n", f"tryon-bench-{n}@%h"),
+            self.logs / f"worker-{n}-{_slug(config.label)}.log", env=self.env, cwd=REPO_ROOT,
+            name="worker")
+        self.worker = worker.start_until_ready(
+            lambda: "ready." in worker.log_path.read_text(errors="replace"), READY_TIMEOUT,
+            interval=0.3)
+
+    def stop_app(self) -> None:
+        for proc in (self.worker, self.api):
+            if proc is not None:
+                proc.stop(timeout=20)
+        self.worker = self.api = None
+
+    def stop(self) -> None:
+        self.stop_app()
+        if self.beat is not None:
+            self.beat.stop()
+            self.beat = None
+
+    def purge_broker(self) -> None:
+        """Drop queued messages (e.g. the previous run's 1,000 deadline tasks, due in
+        2 minutes and no-ops for finished jobs), with no worker running."""
+        subprocess.run(_celery("purge", "-f", "-Q", QUEUES), env=self.env, cwd=REPO_ROOT,
+                       capture_output=True, timeout=60, check=False)
+
+    def worker_pids(self) -> list[int]:
+        return descendants(self.worker.pid) if self.worker and self.worker.pid else []
+
+    def api_pids(self) -> list[int]:
+        return descendants(self.api.pid) if self.api and self.api.pid else []
+
+    def beat_pids(self) -> list[int]:
+        return [self.beat.pid] if self.beat and self.beat.pid else []
+

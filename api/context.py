@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
+from flask_smorest import Blueprint
+from marshmallow import Schema
 
 from shared.access.auth import KeysUnavailable, TokenError, TokenVerifier
 from shared.access.quota import QuotaService
@@ -97,3 +99,11 @@ def listed(list_for_user: Callable[..., Page[Any]], view: Callable[[Any], dict[s
     page = list_for_user(app_services().svc, current_user_id(), limit=args["limit"],
                          cursor=args["cursor"], status=args["status"])
     return {"items": [view(row) for row in page.items], "nextCursor": page.next_cursor}
+
+
+def list_endpoint(blp: Blueprint, args_schema: type[Schema],
+                  page_schema: type[Schema]) -> Callable[[Callable[..., Any]], Any]:
+    """A list endpoint: page arguments from the query, one page of items back."""
+    def register(view: Callable[..., Any]) -> Any:
+        return blp.arguments(args_schema, location="query")(blp.response(200, page_schema)(view))
+    return register

@@ -8,7 +8,7 @@ from flask import Response, g, jsonify, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.context import app_services, current_user_id, listed
+from api.context import app_services, current_user_id, list_endpoint, listed
 from api.errors import error_object, request_locale
 from api.tryons.schemas import (
     HairstyleListSchema,
@@ -94,8 +94,7 @@ class TryOnCollection(MethodView):
                                                body, start, _without_urls)
         return _json_response(answer.body, answer.status)
 
-    @blp.arguments(TryOnListArgsSchema, location="query")
-    @blp.response(200, TryOnListSchema)
+    @list_endpoint(blp, TryOnListArgsSchema, TryOnListSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """The caller's try-ons, newest first, in cursor pages"""
         return listed(tryons.list_for_user, job_view, args)

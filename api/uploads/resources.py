@@ -7,7 +7,7 @@ from typing import Any
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
-from api.context import app_services, current_user_id, listed
+from api.context import app_services, current_user_id, list_endpoint, listed
 from api.errors import error_object, request_locale
 from api.uploads.schemas import (
     ConfirmRequestSchema,
@@ -62,8 +62,7 @@ class Confirm(MethodView):
 
 @blp.route("")
 class UploadList(MethodView):
-    @blp.arguments(UploadListArgsSchema, location="query")
-    @blp.response(200, UploadListSchema)
+    @list_endpoint(blp, UploadListArgsSchema, UploadListSchema)
     def get(self, args: dict[str, Any]) -> dict[str, Any]:
         """The caller's uploads, newest first, in cursor pages"""
         return listed(uploads.list_for_user, _view, args)

@@ -115,7 +115,11 @@ class FalWebhookVerifier:
         except KeysUnavailable:
             raise VerifierUnavailable("jwks unavailable") from None
         ed25519 = [k.key for k in keys if isinstance(k.key, Ed25519PublicKey)]
-        if not ed25519:  # a set we cannot verify anything with: fal should deliver again
+        if not ed25519 and not refresh:
+            # A set we cannot verify anything with is not kept for a day: ask again
+            # (at most once per refetch interval).
+            return self._keys(refresh=True)
+        if not ed25519:  # still none: fal should deliver again later
             raise VerifierUnavailable("no Ed25519 key in the JWKS")
         return ed25519
 

@@ -21,12 +21,6 @@ from PIL import Image
 
 from shared.images.sanitize import apply_orientation
 
-# Stable rejection codes.
-NO_FACE: Final = "upload.no_face"
-MULTIPLE_FACES: Final = "upload.multiple_faces"
-MALWARE: Final = "upload.malware"
-NSFW: Final = "upload.nsfw"
-
 
 @dataclass(frozen=True)
 class ScanVerdict:
@@ -38,6 +32,13 @@ class ScanVerdict:
 
 class ScannerUnavailable(Exception):
     """No verdict could be obtained (scanner down, timed out, or replied with an error)."""
+
+
+# The stable codes of a scanner's rejection (the app sees them as error codes).
+NO_FACE: Final = "upload.no_face"
+MULTIPLE_FACES: Final = "upload.multiple_faces"
+MALWARE: Final = "upload.malware"
+NSFW: Final = "upload.nsfw"
 
 
 @runtime_checkable

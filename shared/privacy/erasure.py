@@ -36,7 +36,7 @@ from shared.storage.keys import (
     user_result_prefix,
     user_upload_prefixes,
 )
-from shared.tryons.use_cases import erase_job
+from shared.tryons.removal import erase_job
 
 log = logging.getLogger(__name__)
 

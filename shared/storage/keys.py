@@ -45,6 +45,8 @@ def check_user_id(user_id: str) -> str:
 
 
 def raw_upload_key(user_id: str, upload_id: uuid.UUID | str, content_type: str) -> str:
+    if content_type not in EXTENSIONS:
+        raise InvalidKey("no key for this content type")
     return _checked(f"{RAW_PREFIX}{check_user_id(user_id)}/{upload_id}.{EXTENSIONS[content_type]}",
                     RAW_KEY)
 

@@ -31,7 +31,7 @@ from shared.images.sanitize import (
 )
 from tests.conftest import fixture_bytes, fixture_image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 MAX_PIXELS = 40_000_000  # the production default (MAX_IMAGE_PIXELS)
 
 GPS_IFD = 0x8825

@@ -11,6 +11,8 @@ from importlib.metadata import entry_points
 
 import click
 
+from api.app import create_app
+from api.contract import document_text
 from shared.access.auth import issue_dev_token
 from shared.core.config import ENV_VARS, get_settings
 from shared.core.migrate import upgrade
@@ -46,6 +48,13 @@ def token(user_id: str, ttl: int) -> None:
     if settings.is_production:
         raise click.ClickException("development tokens are refused in production")
     click.echo(issue_dev_token(settings, user_id, ttl))
+
+
+@main.command()
+def openapi() -> None:
+    """Print the OpenAPI document (regenerate docs/openapi.json with
+    `hairfluencer openapi > docs/openapi.json`)."""
+    click.echo(document_text(create_app(configure_logs=False)), nl=False)
 
 
 @main.command("env-table")

@@ -47,6 +47,9 @@ def install(app: Flask, verifier: TokenVerifier, quotas: QuotaService) -> None:
         quotas.check_ip_rate(ip)
         g.user_id = _authenticate(verifier)
         quotas.check_user_rate(g.user_id)
+        if any(len(values) > 1 for values in request.args.listvalues()):
+            # Every documented query parameter is one value; which of two would count?
+            raise AppError("request.invalid", detail="query parameter repeated")
 
     @app.after_request
     def _end(response: Response) -> Response:

@@ -12,7 +12,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from shared.core import metrics
 from shared.core.errors import ERROR_KINDS, AppError
@@ -87,7 +87,10 @@ def register_error_handlers(app: Flask) -> None:
         data = getattr(exc, "data", None)
         if isinstance(data, dict) and "messages" in data:
             details = data["messages"]  # webargs field errors: names, not values
-        return error_response(code, status, details=details)
+        response = error_response(code, status, details=details)
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # RFC 9110 §15.5.6
+        return response
 
     @app.errorhandler(StorageUnavailable)
     @app.errorhandler(RedisError)

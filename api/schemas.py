@@ -3,7 +3,10 @@ fields in bodies rejected (a typo should be an error, not silently ignored)."""
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields
+from marshmallow import RAISE, Schema, fields, validate
+
+from shared.core.errors import ERROR_KINDS
+from shared.core.pagination import CURSOR_PATTERN, MAX_PAGE
 
 
 class BaseSchema(Schema):
@@ -13,11 +16,18 @@ class BaseSchema(Schema):
 
 
 class ErrorObjectSchema(BaseSchema):
-    code = fields.String(required=True)
-    messageKey = fields.String(required=True)  # noqa: N815 - wire name
-    message = fields.String(required=True)
+    """Exactly what api/errors.py sends (`details` only for schema errors)."""
+
+    code = fields.String(required=True, metadata={
+        "enum": sorted(ERROR_KINDS), "description": "Stable and dotted; see each answer's "
+        "`x-error-codes` for the codes an operation can return"})
+    messageKey = fields.String(required=True, metadata={  # noqa: N815 - wire name
+        "description": "`errors.` + code, stable for the app's own strings"})
+    message = fields.String(required=True, metadata={"description": "Localized (en, es)"})
     retriable = fields.Boolean(required=True)
-    correlationId = fields.String(allow_none=True)  # noqa: N815
+    correlationId = fields.String(required=True, allow_none=True)  # noqa: N815
+    details = fields.Dict(keys=fields.String(), metadata={
+        "description": "Schema errors only: where (json, query) -> field -> messages"})
 
 
 class ErrorSchema(BaseSchema):
@@ -25,6 +35,9 @@ class ErrorSchema(BaseSchema):
 
 
 class PageArgsSchema(BaseSchema):
-    limit = fields.Integer(load_default=20, validate=lambda n: 1 <= n <= 100)
-    cursor = fields.String(load_default=None)
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=MAX_PAGE))
+    # The pattern is the cursor's whole format: every string matching it decodes.
+    cursor = fields.String(load_default=None, metadata={
+        "pattern": CURSOR_PATTERN, "description": "A page's `nextCursor`, sent back as is",
+        "example": "1764595009123456.0b7f6c1e-3a2d-4c5b-9e8f-112233445566"})
     locale = fields.String(load_default=None)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import jsonify, request
+from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
+from marshmallow import fields
 
 from api.context import app_services
+from api.schemas import BaseSchema
 from shared.core.errors import AppError
 from shared.core.task_names import COMPLETE_TRYON
 from shared.fal.webhooks import VerifierUnavailable, WebhookRejected, accept_delivery
@@ -24,9 +26,14 @@ blp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks",
                 description="Callbacks from fal.ai (signature-verified, no bearer token)")
 
 
+class ReceivedSchema(BaseSchema):
+    received = fields.Boolean(required=True, metadata={"enum": [True]})
+
+
 @blp.route("/fal")
 class FalWebhook(MethodView):
     @blp.doc(security=[])
+    @blp.response(200, ReceivedSchema)
     def post(self) -> Any:
         """fal.ai completion callback"""
         services = app_services()
@@ -41,4 +48,4 @@ class FalWebhook(MethodView):
             raise AppError("webhook.invalid") from None
         if not services.svc.dispatch(COMPLETE_TRYON, job_id, attempt, completion.as_task_args()):
             raise AppError("service.unavailable", retry_after=30)
-        return jsonify({"received": True})
+        return {"received": True}

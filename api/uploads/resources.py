@@ -68,7 +68,7 @@ class UploadList(MethodView):
         return listed(uploads.list_for_user, _view, args)
 
 
-@blp.route("/<string:upload_id>")
+@blp.route("/<upload_id:upload_id>")
 class UploadItem(MethodView):
     @blp.response(200, UploadSchema)
     def get(self, upload_id: str) -> dict[str, Any]:

@@ -7,14 +7,25 @@ from typing import Any
 from marshmallow import fields, validate
 
 from api.schemas import BaseSchema, PageArgsSchema
+from shared.storage.keys import EXTENSIONS
+
+UPLOAD_STATUSES = ["pending", "validating", "ready", "rejected", "expired", "deleted"]
+MAX_UPLOAD_BYTES = 16 * 1024 * 1024  # the default of the setting (SPEC §3)
 
 
 class PresignRequestSchema(BaseSchema):
     # Type and size are checked in the domain so that they answer 415/413
     # rather than a generic 422.
-    contentType = fields.String(required=True, validate=validate.Length(max=100))  # noqa: N815
-    contentLength = fields.Integer(required=True, strict=True)  # noqa: N815
-    checksum = fields.String(load_default=None, validate=validate.Length(max=64))
+    # The document states the bounds (metadata); the domain enforces them.
+    contentType = fields.String(required=True, validate=validate.Length(max=100), metadata={  # noqa: N815
+        "enum": list(EXTENSIONS), "example": "image/jpeg",
+        "description": "Another type answers 415 `upload.unsupported_type`"})
+    contentLength = fields.Integer(required=True, strict=True, metadata={  # noqa: N815
+        "minimum": 1, "maximum": MAX_UPLOAD_BYTES, "example": 482133,
+        "description": "Bytes; above the limit 413 `upload.too_large`"})
+    checksum = fields.String(load_default=None, validate=validate.Length(max=64), metadata={
+        "pattern": "^[A-Za-z0-9+/]{43}=$", "description": "base64 of the SHA-256 of the bytes",
+        "example": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="})
     locale = fields.String(load_default=None, validate=validate.Length(max=16))
 
 
@@ -22,8 +33,13 @@ class PresignResponseSchema(BaseSchema):
     uploadId = fields.String(required=True)  # noqa: N815
     key = fields.String(required=True)
     uploadUrl = fields.String(required=True)  # noqa: N815
-    method = fields.String(required=True)
-    headers = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    method = fields.String(required=True, metadata={"enum": ["PUT"]})
+    headers = fields.Dict(keys=fields.String(), values=fields.String(), required=True, metadata={
+        "description": "The exact headers the PUT must send (they are signed into the URL): "
+                       "Content-Type, Content-Length, If-None-Match: *, and "
+                       "x-amz-checksum-sha256 when a checksum was given; no others",
+        "example": {"Content-Type": "image/jpeg", "Content-Length": "482133",
+                    "If-None-Match": "*"}})
     expiresAt = fields.DateTime(required=True)  # noqa: N815
     maxBytes = fields.Integer(required=True)  # noqa: N815
 
@@ -49,7 +65,7 @@ class RejectionSchema(BaseSchema):
 class UploadSchema(BaseSchema):
     uploadId = fields.String(required=True)  # noqa: N815
     key = fields.String(required=True)
-    status = fields.String(required=True)
+    status = fields.String(required=True, metadata={"enum": UPLOAD_STATUSES})
     contentType = fields.String(required=True)  # noqa: N815
     sizeBytes = fields.Integer(required=True)  # noqa: N815
     width = fields.Integer(allow_none=True)
@@ -65,8 +81,7 @@ class UploadListSchema(BaseSchema):
 
 
 class UploadListArgsSchema(PageArgsSchema):
-    status = fields.String(load_default=None, validate=validate.OneOf(
-        ["pending", "validating", "ready", "rejected", "expired", "deleted"]))
+    status = fields.String(load_default=None, validate=validate.OneOf(UPLOAD_STATUSES))
 
 
 def upload_view(upload: Any, rejection: dict[str, Any] | None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -23,13 +24,13 @@ from tests.integration.test_upload_flow import sha256_b64, with_gps_exif
 HAIRFLUENCER = str(Path(sys.executable).with_name("hairfluencer"))
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    data_dir = tmp_path_factory.mktemp("devstack")
+@contextmanager
+def dev_stack(data_dir: Path, **env_overrides: str) -> Iterator[dict[str, str]]:
+    """`hairfluencer dev` on a free loopback port until the block ends: its base URL,
+    a development token and its data directory (also used by tests/clients)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DATABASE_URL", "REDIS_URL", "S3_", "CELERY_"))}
-    env["BEAT_INTERVAL_SECONDS"] = "1"  # beat writes continuously during the test
-    env["VALIDATION_STALE_SECONDS"] = "2"
+    env.update(env_overrides)
     out = data_dir / "dev.out"
     with out.open("wb") as sink:
         command = [HAIRFLUENCER, "dev", "--port", "0", "--data-dir", str(data_dir),
@@ -51,6 +52,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    # Beat writes continuously during the test.
+    with dev_stack(tmp_path_factory.mktemp("devstack"), BEAT_INTERVAL_SECONDS="1",
+                   VALIDATION_STALE_SECONDS="2") as running:
+        yield running
 
 
 def _upload(stack: dict[str, str], data: bytes, content_type: str = "image/jpeg") -> dict:

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from shared.core.errors import AppError
-from shared.core.pagination import MAX_PAGE, decode_cursor, encode_cursor, is_uuid
+from shared.core.pagination import (
+    CURSOR_PATTERN,
+    MAX_PAGE,
+    decode_cursor,
+    encode_cursor,
+    is_uuid,
+)
 from shared.uploads import use_cases as uploads
 from tests.unit.harness import START, Harness
 
@@ -70,3 +80,17 @@ def test_the_page_size_is_bounded(harness: Harness):
     assert len(uploads.list_for_user(harness.svc, "alice", limit=0, cursor=None,
                                      status=None).items) == 1
     assert MAX_PAGE == 100
+
+
+@given(st.from_regex(CURSOR_PATTERN, fullmatch=True))
+@hypothesis_settings(max_examples=200, deadline=None)
+def test_every_string_of_the_documented_pattern_decodes(cursor: str):
+    if cursor:
+        created, row_id = decode_cursor(cursor)
+        assert created.tzinfo is not None and is_uuid(row_id)
+        assert decode_cursor(encode_cursor(created, row_id)) == (created, row_id)
+
+
+def test_a_cursor_of_the_earlier_format_is_still_read():
+    assert decode_cursor(b64([START.isoformat(), ROW])) == (START, ROW)
+    assert re.fullmatch(CURSOR_PATTERN, encode_cursor(START, ROW))

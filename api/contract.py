@@ -107,6 +107,41 @@ def _error_response(status: int, codes: list[str]) -> dict[str, Any]:
             "content": {"application/json": {"schema": ERROR_REF, "example": example}}}
 
 
+
+
+def _operation_ref(method: str, path: str) -> str:
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+_UPLOAD = "/v1/uploads/{upload_id}"
+_TRYON = "/v1/try-ons/{job_id}"
+# Where an answer's ids lead (OpenAPI links): generated clients and schemathesis'
+# stateful phase follow them from a create to its read, favorite and delete.
+LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    ("post", "/v1/uploads/presign", "201"): {
+        "GetUpload": ("get", _UPLOAD, {"upload_id": "$response.body#/uploadId"}),
+        "DeleteUpload": ("delete", _UPLOAD, {"upload_id": "$response.body#/uploadId"}),
+    },
+    ("post", "/v1/uploads/confirm", "202"): {
+        "GetUpload": ("get", _UPLOAD, {"upload_id": "$response.body#/uploadId"}),
+    },
+    ("post", "/v1/try-ons", "202"): {
+        "GetTryOn": ("get", _TRYON, {"job_id": "$response.body#/jobId"}),
+        "FavoriteTryOn": ("put", _TRYON + "/favorite", {"job_id": "$response.body#/jobId"}),
+        "DeleteTryOn": ("delete", _TRYON, {"job_id": "$response.body#/jobId"}),
+    },
+    ("get", _TRYON, "200"): {
+        "GetUpload": ("get", _UPLOAD, {"upload_id": "$response.body#/uploadId"}),
+        "DeleteTryOn": ("delete", _TRYON, {"job_id": "$response.body#/jobId"}),
+    },
+}
+
+
+def _links(method: str, path: str, status: str) -> dict[str, Any]:
+    return {name: {"operationRef": _operation_ref(to_method, to_path), "parameters": params}
+            for name, (to_method, to_path, params) in LINKS.get((method, path, status), {}).items()}
+
+
 # Rules of a body that marshmallow checks in code (validates_schema), for the document.
 SCHEMA_RULES: dict[str, dict[str, Any]] = {
     # TryOnRequestSchema._one_source: exactly one of key and uploadId, non-empty.
@@ -143,6 +178,8 @@ class ContractPlugin(BasePlugin):
                     headers["X-Request-ID"] = _REQUEST_ID
                     if POLLED.get(key) == str(status):
                         headers["Retry-After"] = _RETRY_AFTER
+                    if links := _links(method, path, str(status)):
+                        response["links"] = links
             if key in POLLED and "304" in responses:
                 responses["304"] = {"description": "Not modified: the ETag you sent still "
                                                    "holds, and so do the URLs you have",

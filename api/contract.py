@@ -17,6 +17,7 @@ from flask import Flask
 from flask_smorest import Api
 from werkzeug.routing import BaseConverter
 
+from api.examples import EXAMPLES
 from api.schemas import ErrorSchema
 from shared.access.idempotency import MAX_KEY_LENGTH
 from shared.core.errors import ERROR_KINDS
@@ -34,7 +35,9 @@ _REQUEST_ID = {"$ref": "#/components/headers/X-Request-ID"}
 _RETRY_AFTER = {"$ref": "#/components/headers/Retry-After"}
 
 _AUTH = ("auth.missing_token", "auth.invalid_token", "auth.expired_token")
-# What any bearer route may answer, what a JSON body or query arguments add.
+# What the HTTP server answers for any route (api/gunicorn_worker.py), what any bearer
+# route may answer, what a JSON body or query arguments add.
+_SERVER = ("request.uri_too_long", "request.headers_too_large")
 _BEARER = (*_AUTH, "rate.limited", "service.unavailable", "internal.error")
 _BODY = ((400, "request.invalid"), (413, "request.too_large"), (422, "request.invalid"))
 _QUERY = ((422, "request.invalid"),)
@@ -81,7 +84,7 @@ IDEMPOTENCY_KEY = {
 
 def error_codes(method: str, path: str) -> dict[int, list[str]]:
     """Status -> the stable codes `method path` can answer with it."""
-    entries: list[Any] = list(OPERATION_ERRORS[(method, path)])
+    entries: list[Any] = [*OPERATION_ERRORS[(method, path)], *_SERVER]
     if (method, path) not in PUBLIC_OPERATIONS:
         entries += list(_BEARER)
     by_status: dict[int, list[str]] = {}
@@ -158,7 +161,10 @@ class ContractPlugin(BasePlugin):
 
     def schema_helper(self, name: str, definition: dict[Any, Any],
                       **kwargs: Any) -> dict[Any, Any] | None:
-        return SCHEMA_RULES.get(name)
+        extra = {**SCHEMA_RULES.get(name, {})}
+        if name in EXAMPLES:
+            extra["example"] = EXAMPLES[name]
+        return extra or None
 
     def operation_helper(self, path: str | None = None, operations: dict[Any, Any] | None = None,
                          **kwargs: Any) -> None:

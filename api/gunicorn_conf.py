@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client import multiprocess
 
+# Sends gunicorn's own 414 and 431 refusals in the API's error envelope.
+worker_class = "api.gunicorn_worker.ApiWorker"
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 timeout = 30

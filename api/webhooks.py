@@ -13,7 +13,7 @@ from typing import Any
 from flask import request
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from marshmallow import fields
+from marshmallow import INCLUDE, Schema, fields
 
 from api.context import app_services
 from api.schemas import BaseSchema
@@ -30,9 +30,50 @@ class ReceivedSchema(BaseSchema):
     received = fields.Boolean(required=True, metadata={"enum": [True]})
 
 
+class FalWebhookDeliverySchema(Schema):
+    """fal's completion body, for the document only: the view reads the raw bytes, as
+    fal's signature covers them, and parses them after both checks pass."""
+
+    class Meta:
+        unknown = INCLUDE  # fal may add fields
+
+    request_id = fields.String(required=True)
+    gateway_request_id = fields.String()
+    status = fields.String(required=True, metadata={"enum": ["OK", "ERROR"]})
+    payload = fields.Raw(allow_none=True, metadata={"type": "object"})
+    error = fields.String(allow_none=True)
+
+
+def _required(name: str, where: str, description: str, example: str) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": True, "description": description,
+            "schema": {"type": "string"}, "example": example}
+
+
+# What the view checks, documented without being parsed by webargs: a bad value is
+# 401 `webhook.invalid` (the HMAC and signature checks), never a 422 that would tell
+# a prober which part it got right.
+DELIVERY = {
+    "parameters": [
+        _required("job", "query", "Our job id, from the webhook URL given to fal",
+                  "3b6bc467-f8a7-4f55-8fbc-487331cf08b3"),
+        _required("attempt", "query", "The job's submission attempt, from the same URL", "1"),
+        _required("token", "query", "HMAC of job and attempt, from the same URL", "EXAMPLE"),
+        _required("X-Fal-Webhook-Request-Id", "header", "fal's request id (signed)",
+                  "764cabcf-b745-4b3e-ae38-1200304cf45b"),
+        _required("X-Fal-Webhook-User-Id", "header", "fal's user id (signed)", "EXAMPLE"),
+        _required("X-Fal-Webhook-Timestamp", "header",
+                  "Unix seconds (signed); more than 5 minutes off is refused", "1764602980"),
+        _required("X-Fal-Webhook-Signature", "header",
+                  "Hex Ed25519 signature by a key of fal's JWKS", "EXAMPLE"),
+    ],
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": FalWebhookDeliverySchema}}},
+}
+
+
 @blp.route("/fal")
 class FalWebhook(MethodView):
-    @blp.doc(security=[])
+    @blp.doc(security=[], **DELIVERY)
     @blp.response(200, ReceivedSchema)
     def post(self) -> Any:
         """fal.ai completion callback"""

@@ -22,6 +22,9 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "request.not_found": ErrorKind(404),
     "request.too_large": ErrorKind(413),
     "request.method_not_allowed": ErrorKind(405),
+    # Refused by the HTTP server (api/gunicorn_worker.py) before the app reads them.
+    "request.uri_too_long": ErrorKind(414),
+    "request.headers_too_large": ErrorKind(431),
     "upload.not_found": ErrorKind(404),
     "upload.object_missing": ErrorKind(404, retriable=True),
     "upload.forbidden_key": ErrorKind(403),

@@ -38,6 +38,14 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "This method is not allowed here.",
         "es": "Este método no está permitido aquí.",
     },
+    "request.uri_too_long": {
+        "en": "This address is too long.",
+        "es": "Esta dirección es demasiado larga.",
+    },
+    "request.headers_too_large": {
+        "en": "The headers of this request are too large.",
+        "es": "Las cabeceras de esta solicitud son demasiado grandes.",
+    },
     "upload.not_found": {
         "en": "We could not find this upload.",
         "es": "No encontramos esta subida.",

@@ -3,9 +3,11 @@ at once while several selfies go through presign → PUT → confirm → ready."
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -147,3 +149,44 @@ def test_try_on_offline_through_the_dev_stack(stack, tmp_path):
     for log_file in (data_dir / "logs").glob("*.log"):
         for marker in SECRET_MARKERS:
             assert marker not in log_file.read_text(errors="replace"), log_file.name
+
+
+def _raw_request(base: str, head: str) -> tuple[int, dict[str, str], bytes]:
+    """One request written byte for byte (no client library trims what is sent)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(head.encode("ascii"))
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    raw_headers, _, body = rest.partition(b"\r\n\r\n")
+    headers = dict(line.decode().split(": ", 1) for line in raw_headers.split(b"\r\n"))
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(("head", "status", "code"), [
+    # a query longer than gunicorn's request line limit (4094 bytes), on the webhook
+    # whose query carries a per-job token, which must not reach a log
+    ("POST /v1/webhooks/fal?token=wh-secret-{pad} HTTP/1.1\r\nHost: x\r\n\r\n", 414,
+     "request.uri_too_long"),
+    ("GET /v1/hairstyles HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {pad}\r\n\r\n", 431,
+     "request.headers_too_large"),
+])
+def test_the_http_server_refuses_in_the_error_envelope(stack, head, status, code):
+    """What gunicorn refuses before the app reads it is answered as documented:
+    the `Error` envelope of docs/openapi.json, with X-Request-ID."""
+    import jsonschema
+
+    document = json.loads((Path(__file__).parents[2] / "docs" / "openapi.json").read_text())
+    got, headers, body = _raw_request(stack["base"], head.format(pad="a" * 9000))
+    assert got == status
+    assert headers["Content-Type"] == "application/json"
+    error = json.loads(body)
+    jsonschema.validate(error, {"$ref": "#/components/schemas/Error",
+                                "components": document["components"]})
+    assert error["error"]["code"] == code
+    assert error["error"]["correlationId"] == headers["X-Request-ID"]
+    assert code in document["paths"]["/v1/hairstyles"]["get"]["responses"][str(status)][
+        "x-error-codes"]
+    assert "wh-secret" not in (Path(stack["data_dir"]) / "logs" / "api.log").read_text()

@@ -61,3 +61,31 @@ def test_a_method_not_allowed_names_the_allowed_ones(settings, svc):
     assert response.status_code == 405
     assert set(response.headers["Allow"].replace(" ", "").split(",")) == {"POST", "OPTIONS"}
     assert response.get_json()["error"]["code"] == "request.method_not_allowed"
+
+
+def test_every_body_has_an_example_that_its_schema_accepts(settings, svc):
+    from openapi_schema_validator import OAS30Validator
+
+    document = served(settings, svc)
+    schemas = document["components"]["schemas"]
+
+    def check(schema: dict, example: object) -> None:
+        # The document's components ride along, so that its $refs resolve.
+        OAS30Validator({**schema, "components": document["components"]}).validate(example)
+
+    for name, schema in schemas.items():
+        if name == "PaginationMetadata":  # flask-smorest's own, referenced by nothing
+            continue
+        assert "example" in schema, f"{name} has no example (api/examples.py)"
+        check({"$ref": f"#/components/schemas/{name}"}, schema["example"])
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            bodies = [operation.get("requestBody", {})] + list(operation["responses"].values())
+            for body in bodies:
+                for media in body.get("content", {}).values():
+                    ref = media["schema"]["$ref"].rsplit("/", 1)[1]
+                    assert "example" in media or "example" in schemas[ref], (method, path)
+                    if "example" in media:
+                        check(media["schema"], media["example"])

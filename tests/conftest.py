@@ -339,6 +339,22 @@ def json_logs() -> Iterator[io.StringIO]:
         root.setLevel(level)
 
 
+def assert_error(response: Any, status: int, code: str, locale: str = "en") -> dict[str, Any]:
+    """A Flask test response is our error envelope: status, code, localized message,
+    the request's correlation id, and nothing secret in the body."""
+    from shared.core.i18n import MESSAGES
+
+    assert response.status_code == status, response.get_data(as_text=True)[:300]
+    error = response.get_json()["error"]
+    assert error["code"] == code
+    assert error["messageKey"] == f"errors.{code}"
+    assert error["message"] == MESSAGES[code][locale]
+    assert error["correlationId"] == response.headers["X-Request-ID"]
+    body = response.get_data(as_text=True)
+    assert "X-Amz-" not in body and "Traceback" not in body and "hf-up-" not in body
+    return dict(error)
+
+
 def assert_no_secrets(logs: io.StringIO, caplog: pytest.LogCaptureFixture | None = None) -> None:
     """No signed URL (or any part of one) in the rendered logs, nor in the raw records."""
     rendered = logs.getvalue()

@@ -72,7 +72,7 @@ class UploadList(MethodView):
 class UploadItem(MethodView):
     @blp.response(200, UploadSchema)
     def get(self, upload_id: str) -> dict[str, Any]:
-        """One upload (poll it until `ready` or `rejected`)"""
+        """One upload (poll it until `ready` or `rejected`); 404 once deleted"""
         return _view(uploads.get(app_services().svc, current_user_id(), upload_id))
 
     @blp.response(204)

@@ -183,6 +183,15 @@ def remove_raw_bytes(svc: Services, upload: Upload, now: datetime) -> None:
 
 
 def get(svc: Services, user_id: str, upload_id: str) -> Upload:
+    """The caller's upload. A deleted one is gone, as a deleted try-on is: 404 (its
+    record is still listed with `status=deleted` until the row itself is purged)."""
+    upload = _owned(svc, user_id, upload_id)
+    if upload.status == UploadStatus.DELETED:
+        raise AppError("upload.not_found")
+    return upload
+
+
+def _owned(svc: Services, user_id: str, upload_id: str) -> Upload:
     return get_owned(svc.sessions, Upload, upload_id, user_id, "upload.not_found")
 
 
@@ -195,7 +204,7 @@ def list_for_user(svc: Services, user_id: str, *, limit: int, cursor: str | None
 
 def delete(svc: Services, user_id: str, upload_id: str) -> None:
     """Delete the selfie's objects now and mark the record deleted (idempotent)."""
-    get(svc, user_id, upload_id)
+    _owned(svc, user_id, upload_id)
     delete_upload(svc, upload_id, reason="user")
 
 

@@ -140,7 +140,7 @@ def test_rows_of_uploads_long_gone_are_purged_but_the_audit_trail_stays(client, 
     assert client.delete(f"/v1/uploads/{body['uploadId']}", headers=auth("noa")).status_code == 204
     at(svc, timedelta(seconds=settings.presign_ttl_seconds + settings.raw_purge_margin_seconds + 1))
     retention.purge_raw_objects(svc)  # the placeholder goes once the URL expired
-    assert retention.purge_dead_upload_rows(svc) == 0  # still readable as `deleted` for a week
+    assert retention.purge_dead_upload_rows(svc) == 0  # still listed as `deleted` for a week
     at(svc, retention.DEAD_ROW_RETENTION)
     assert retention.purge_dead_upload_rows(svc) == 1
     assert row(svc, body["uploadId"]) is None

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from shared.core.i18n import MESSAGES
 from shared.models import AuditEvent, Upload
 from shared.storage.base import ObjectMissing
-from tests.conftest import assert_no_secrets, fixture_bytes
+from tests.conftest import assert_error, assert_no_secrets, fixture_bytes
 from tests.integration.test_upload_flow import presign, put, sha256_b64
 
 ASTRONAUT = fixture_bytes("astronaut.jpg")
@@ -28,18 +28,6 @@ def _no_secret_in_any_log(json_logs, caplog):
     """Every failure in this module is also checked for signed URLs in the logs."""
     yield
     assert_no_secrets(json_logs, caplog)
-
-
-def assert_error(response: Any, status: int, code: str, locale: str = "en") -> dict[str, Any]:
-    assert response.status_code == status, response.get_json()
-    error = response.get_json()["error"]
-    assert error["code"] == code
-    assert error["messageKey"] == f"errors.{code}"
-    assert error["message"] == MESSAGES[code][locale]
-    assert error["correlationId"] == response.headers["X-Request-ID"]
-    body = response.get_data(as_text=True)
-    assert "X-Amz-" not in body and "Traceback" not in body and "hf-up-" not in body
-    return error
 
 
 def count_uploads(svc) -> int:

@@ -16,7 +16,7 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from shared.models import AuditEvent, Upload
-from tests.conftest import assert_no_secrets, fixture_bytes
+from tests.conftest import assert_error, assert_no_secrets, fixture_bytes
 
 ASTRONAUT = fixture_bytes("astronaut.jpg")
 
@@ -168,7 +168,11 @@ def test_list_pages_and_delete(client, auth, svc, settings):
         upload = session.get(Upload, victim)
     assert client.delete(f"/v1/uploads/{victim}", headers=auth("frank")).status_code == 404
     assert client.delete(f"/v1/uploads/{victim}", headers=headers).status_code == 204
-    assert client.get(f"/v1/uploads/{victim}", headers=headers).get_json()["status"] == "deleted"
+    # Gone for a read, as a deleted try-on is; the record stays listed by its status.
+    assert_error(client.get(f"/v1/uploads/{victim}", headers=headers), 404, "upload.not_found")
+    assert client.delete(f"/v1/uploads/{victim}", headers=headers).status_code == 204  # again
+    deleted = client.get("/v1/uploads?status=deleted", headers=headers).get_json()["items"]
+    assert [(u["uploadId"], u["status"]) for u in deleted] == [(victim, "deleted")]
     from shared.storage.base import ObjectMissing
 
     with pytest.raises(ObjectMissing):

@@ -16,20 +16,13 @@ import yaml
 from sqlalchemy import func, select
 
 from shared.access.quota import QuotaService
-from shared.core.i18n import MESSAGES
 from shared.fal.webhooks import job_token
 from shared.models import Upload
-from tests.conftest import DEV_SECRET, fixture_bytes
+from tests.conftest import DEV_SECRET, assert_error, fixture_bytes
 
 REPO = Path(__file__).resolve().parents[2]
 ASTRONAUT = fixture_bytes("astronaut.jpg")
 PRESIGN = {"contentType": "image/jpeg", "contentLength": 1000}
-
-
-def assert_error(response, status: int, code: str, locale: str = "en") -> None:
-    assert response.status_code == status, response.data[:300]
-    error = response.get_json()["error"]
-    assert (error["code"], error["message"]) == (code, MESSAGES[code][locale])
 
 
 def uploads_of(svc, user: str) -> int:

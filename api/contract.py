@@ -30,15 +30,22 @@ HEADERS: dict[str, dict[str, Any]] = {
                      "schema": {"type": "string"}},
     "Retry-After": {"description": "Seconds to wait before asking again",
                     "schema": {"type": "integer", "minimum": 0}},
+    "Allow": {"description": "The methods the path answers (RFC 9110 §10.2.1)",
+              "schema": {"type": "string"}, "example": "POST"},
 }
 _REQUEST_ID = {"$ref": "#/components/headers/X-Request-ID"}
 _RETRY_AFTER = {"$ref": "#/components/headers/Retry-After"}
+_ALLOW = {"$ref": "#/components/headers/Allow"}
+# Codes answered with a Retry-After besides every 429 and 503.
+RETRY_HINTED = {"idempotency.in_progress"}
 
 _AUTH = ("auth.missing_token", "auth.invalid_token", "auth.expired_token")
 # What the HTTP server answers for any route (api/gunicorn_worker.py), what any bearer
-# route may answer, what a JSON body or query arguments add.
-_SERVER = ("request.uri_too_long", "request.headers_too_large")
-_BEARER = (*_AUTH, "rate.limited", "service.unavailable", "internal.error")
+# route may answer (a query parameter given twice is 422 on each, api/context.py), what
+# a JSON body or query arguments add.
+_SERVER = ((400, "request.invalid"), "request.uri_too_long", "request.headers_too_large")
+_BEARER = (*_AUTH, "rate.limited", "service.unavailable", "internal.error",
+           (422, "request.invalid"))
 _BODY = ((400, "request.invalid"), (413, "request.too_large"), (422, "request.invalid"))
 _QUERY = ((422, "request.invalid"),)
 
@@ -98,8 +105,10 @@ def error_codes(method: str, path: str) -> dict[int, list[str]]:
 
 def _error_response(status: int, codes: list[str]) -> dict[str, Any]:
     headers = {"X-Request-ID": _REQUEST_ID}
-    if status in (429, 503):
+    if status in (429, 503) or RETRY_HINTED.intersection(codes):
         headers["Retry-After"] = _RETRY_AFTER
+    if status == 405:
+        headers["Allow"] = _ALLOW
     listed = ", ".join(f"`{c}`" for c in codes)
     example = {"error": {"code": codes[0], "messageKey": message_key(codes[0]),
                          "message": translate(codes[0], "en"),
@@ -161,6 +170,13 @@ class ContractPlugin(BasePlugin):
 
     def schema_helper(self, name: str, definition: dict[Any, Any],
                       **kwargs: Any) -> dict[Any, Any] | None:
+        for field in definition.get("properties", {}).values():
+            # apispec writes a nullable nested schema for OpenAPI 3.0 as anyOf
+            # [{object, nullable}, $ref]; generated clients try the members in order,
+            # and the loose object would swallow the typed one.
+            branches = field.get("anyOf", [])
+            if len(branches) == 2 and "$ref" in branches[1]:
+                field["anyOf"] = [branches[1], branches[0]]
         extra = {**SCHEMA_RULES.get(name, {})}
         if name in EXAMPLES:
             extra["example"] = EXAMPLES[name]
@@ -173,11 +189,13 @@ class ContractPlugin(BasePlugin):
             key = (method, path)
             if key not in OPERATION_ERRORS:
                 raise KeyError(f"{method} {path} is not in api/contract.py OPERATION_ERRORS")
-            responses = operation.setdefault("responses", {})
-            for status in [s for s in responses if int(s) >= 400]:
-                del responses[status]
-            for status, codes in error_codes(method, path).items():
-                responses[str(status)] = _error_response(status, codes)
+            # flask-smorest keys some statuses by int (304), ours are strings.
+            responses = {str(s): r for s, r in operation.setdefault("responses", {}).items()}
+            operation["responses"] = responses
+            for answered in [s for s in responses if int(s) >= 400]:
+                del responses[answered]
+            for error_status, codes in error_codes(method, path).items():
+                responses[str(error_status)] = _error_response(error_status, codes)
             for status, response in responses.items():
                 if isinstance(response, dict) and int(status) < 400:
                     headers = response.setdefault("headers", {})

@@ -75,10 +75,12 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         if status == 304:
-            # flask-smorest's conditional GET: not an error. The client's ETag still
-            # holds, and so does the polling hint the full answer would carry.
+            # flask-smorest's conditional GET: not an error. The current ETag (not the
+            # request's If-None-Match, which may be `*` or a list) still holds, and so
+            # does the polling hint the full answer would carry.
             response = Response(status=304)
-            response.headers["ETag"] = request.headers.get("If-None-Match", "")
+            if g.get("etag"):
+                response.set_etag(g.etag)
             if g.get("retry_after"):
                 response.headers["Retry-After"] = str(g.retry_after)
             return response

@@ -9,6 +9,7 @@ from flask_smorest import Blueprint
 from marshmallow import fields
 
 from api.context import app_services, current_user_id
+from api.examples import EXAMPLES
 from api.schemas import BaseSchema
 from shared.models import ErasureRequest, ErasureStatus
 from shared.privacy.erasure_requests import read_erasure, request_erasure
@@ -21,7 +22,7 @@ class ErasureSchema(BaseSchema):
     status = fields.String(required=True, metadata={
         "enum": [ErasureStatus.PENDING, ErasureStatus.RUNNING, ErasureStatus.DONE]})
     requestedAt = fields.DateTime(required=True)  # noqa: N815
-    completedAt = fields.DateTime(allow_none=True)  # noqa: N815
+    completedAt = fields.DateTime(required=True, allow_none=True)  # noqa: N815
 
 
 def erasure_view(erasure: ErasureRequest) -> dict[str, Any]:
@@ -31,7 +32,7 @@ def erasure_view(erasure: ErasureRequest) -> dict[str, Any]:
 
 @blp.route("")
 class Me(MethodView):
-    @blp.response(202, ErasureSchema)
+    @blp.response(202, ErasureSchema, example=EXAMPLES["Erasure.requested"])
     def delete(self) -> Any:
         """Erase all of the caller's selfies, results and records (the audit trail stays)
 

@@ -23,7 +23,7 @@ fi
 if [ "${CI:-}" = "true" ] && ! command -v clamd >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clamav-daemon >/dev/null
 fi
-# Chromium (the /docs browser test, tests/integration/test_docs_page.py) on CI; a
+# Chromium (the /docs browser test, tests/clients/test_docs_page.py) on CI; a
 # developer without it sees that test skipped.
 if [ "${CI:-}" = "true" ] && ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

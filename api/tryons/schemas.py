@@ -44,13 +44,13 @@ class TryOnSchema(BaseSchema):
     resultUrl = fields.String()  # noqa: N815
     thumbnailUrl = fields.String()  # noqa: N815
     urlsExpireAt = fields.DateTime()  # noqa: N815
-    deleteAfter = fields.DateTime(allow_none=True)  # noqa: N815
+    deleteAfter = fields.DateTime(required=True, allow_none=True)  # noqa: N815 - null: favorite
     error = fields.Nested(JobErrorSchema)
 
 
 class TryOnListSchema(BaseSchema):
     items = fields.List(fields.Nested(TryOnSchema), required=True)
-    nextCursor = fields.String(allow_none=True)  # noqa: N815
+    nextCursor = fields.String(required=True, allow_none=True)  # noqa: N815
 
 
 class TryOnListArgsSchema(PageArgsSchema):

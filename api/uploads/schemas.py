@@ -68,16 +68,18 @@ class UploadSchema(BaseSchema):
     status = fields.String(required=True, metadata={"enum": UPLOAD_STATUSES})
     contentType = fields.String(required=True)  # noqa: N815
     sizeBytes = fields.Integer(required=True)  # noqa: N815
-    width = fields.Integer(allow_none=True)
-    height = fields.Integer(allow_none=True)
+    # Always sent, null until known: required in the document, so that generated
+    # clients type them as present.
+    width = fields.Integer(required=True, allow_none=True)
+    height = fields.Integer(required=True, allow_none=True)
     createdAt = fields.DateTime(required=True)  # noqa: N815
     deleteAfter = fields.DateTime(required=True)  # noqa: N815
-    rejection = fields.Nested(RejectionSchema, allow_none=True)
+    rejection = fields.Nested(RejectionSchema, required=True, allow_none=True)
 
 
 class UploadListSchema(BaseSchema):
     items = fields.List(fields.Nested(UploadSchema), required=True)
-    nextCursor = fields.String(allow_none=True)  # noqa: N815
+    nextCursor = fields.String(required=True, allow_none=True)  # noqa: N815
 
 
 class UploadListArgsSchema(PageArgsSchema):

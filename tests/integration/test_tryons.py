@@ -406,6 +406,10 @@ def test_etag_and_retry_after(client, auth, svc, dispatch, emulator):
     second = client.get(f"/v1/try-ons/{job_id}", headers={**headers, "If-None-Match": etag})
     assert second.status_code == 304 and second.get_data() == b""
     assert second.headers["ETag"] == etag and second.headers["Retry-After"] == "2"
+    # A 304 names the current tag, not whatever If-None-Match held.
+    for held in ("*", f'"stale", {etag}'):
+        again = client.get(f"/v1/try-ons/{job_id}", headers={**headers, "If-None-Match": held})
+        assert again.status_code == 304 and again.headers["ETag"] == etag
 
 
 def test_etag_of_a_succeeded_job_is_stable_while_its_urls_live(client, auth, svc, dispatch):

@@ -1,7 +1,7 @@
 """`/docs` works offline (issue #10): headless Chromium (Debian's package) opens
-the page on the running app and sees every operation listed, while every host but
-the app's resolves to nothing and Chromium's network log shows that no request
-went anywhere but 127.0.0.1.
+the page on the running system (`hairfluencer dev`, tests/clients/conftest.py) and
+sees every operation listed, while every host but the app's resolves to nothing and
+Chromium's network log shows that no request went anywhere but 127.0.0.1.
 
 The page is opened under a made-up host name mapped to 127.0.0.1, not under
 127.0.0.1 itself: Swagger UI skips some outside requests (its validator badge)
@@ -23,6 +23,8 @@ import httpx
 import pytest
 
 from api.docs_ui import ASSETS_URL
+
+pytestmark = pytest.mark.clients
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DOCS_HOST = "hairfluencer-docs.test"  # a site of its own, mapped to 127.0.0.1 by Chromium
@@ -90,7 +92,8 @@ def _is_loopback(address: str) -> bool:
 
 
 def test_docs_render_every_operation_with_no_request_leaving_the_machine(
-        live_api: str, tmp_path: Path) -> None:
+        system: dict[str, str], tmp_path: Path) -> None:
+    live_api = system["base"]
     port = urlsplit(live_api).port
     spec = httpx.get(f"{live_api}/openapi.json", timeout=10).json()
     operations = {(method, path) for path, item in spec["paths"].items()
@@ -119,7 +122,8 @@ def test_docs_render_every_operation_with_no_request_leaving_the_machine(
     assert all(_is_loopback(a) for a in log.udp_sent_to), log.udp_sent_to
 
 
-def test_docs_page_and_assets_headers(live_api: str) -> None:
+def test_docs_page_and_assets_headers(system: dict[str, str]) -> None:
+    live_api = system["base"]
     with httpx.Client(base_url=live_api, timeout=10) as client:
         page = client.get("/docs")
         assert page.status_code == 200

@@ -46,7 +46,7 @@ _AUTH = ("auth.missing_token", "auth.invalid_token", "auth.expired_token")
 _SERVER = ((400, "request.invalid"), "request.uri_too_long", "request.headers_too_large")
 _BEARER = (*_AUTH, "rate.limited", "service.unavailable", "internal.error",
            (422, "request.invalid"))
-_BODY = ((400, "request.invalid"), (413, "request.too_large"), (422, "request.invalid"))
+_BODY = ((413, "request.too_large"), (422, "request.invalid"))  # 400 (not JSON): _SERVER
 _QUERY = ((422, "request.invalid"),)
 
 # (method, path) -> the codes the operation can answer beyond the common ones; a pair

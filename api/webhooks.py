@@ -19,7 +19,12 @@ from api.context import app_services
 from api.schemas import BaseSchema
 from shared.core.errors import AppError
 from shared.core.task_names import COMPLETE_TRYON
-from shared.fal.webhooks import VerifierUnavailable, WebhookRejected, accept_delivery
+from shared.fal.webhooks import (
+    TIMESTAMP_TOLERANCE_SECONDS,
+    VerifierUnavailable,
+    WebhookRejected,
+    accept_delivery,
+)
 
 log = logging.getLogger(__name__)
 blp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks",
@@ -62,7 +67,8 @@ DELIVERY = {
                   "764cabcf-b745-4b3e-ae38-1200304cf45b"),
         _required("X-Fal-Webhook-User-Id", "header", "fal's user id (signed)", "EXAMPLE"),
         _required("X-Fal-Webhook-Timestamp", "header",
-                  "Unix seconds (signed); more than 5 minutes off is refused", "1764602980"),
+                  f"Unix seconds (signed); more than {TIMESTAMP_TOLERANCE_SECONDS} s off is "
+                  "refused", "1764602980"),
         _required("X-Fal-Webhook-Signature", "header",
                   "Hex Ed25519 signature by a key of fal's JWKS", "EXAMPLE"),
     ],

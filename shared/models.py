@@ -7,7 +7,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Index, Integer, String, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -128,6 +138,11 @@ class TryOn(Base):
     upload_id: Mapped[str] = mapped_column(String(36), nullable=False)
     hairstyle_id: Mapped[str] = mapped_column(String(64), nullable=False)
     user_prompt: Mapped[str | None] = mapped_column(String(500))
+    # The prompt fal is sent, composed from the style's template when the job was
+    # accepted, so a catalogue change (a rename, a removal, a rolling deploy with two
+    # catalogues) never changes or strands a job. None for jobs accepted before it
+    # was stored: they fall back to the catalogue (shared/tryons/hairstyles.py).
+    composed_prompt: Mapped[str | None] = mapped_column(Text)
     locale: Mapped[str] = mapped_column(String(8), nullable=False, default="en")
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=JobStatus.QUEUED)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)

@@ -26,7 +26,7 @@ from shared.core.task_names import RUN_TRYON
 from shared.models import JobStatus, TryOn, Upload, UploadStatus, UTCDateTime
 from shared.services import Services
 from shared.storage.keys import parse_raw_key
-from shared.tryons.hairstyles import catalogue
+from shared.tryons.hairstyles import catalogue, compose_prompt
 from shared.tryons.removal import erase_job
 from shared.tryons.retention import IDEMPOTENCY_WINDOW, result_deadline
 from shared.tryons.state import sync_tags_quietly
@@ -60,6 +60,8 @@ def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None
     # Due at once: if its message is lost, the reconciler sends it again.
     job = TryOn(id=str(uuid.uuid4()), user_id=user_id, upload_id=upload.id,
                 hairstyle_id=hairstyle_id, user_prompt=prompt, locale=locale,
+                # Run with the style as it is now, whatever the catalogue becomes.
+                composed_prompt=compose_prompt(catalogue()[hairstyle_id], prompt),
                 status=JobStatus.QUEUED, created_at=now, updated_at=now, due_at=now, attempt=0,
                 fal_failures=0, favorite=False, idempotency_key=key_hash)
     try:

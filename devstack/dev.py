@@ -6,6 +6,10 @@ redis-server, else an embedded one), migrations on SQLite, bucket setup, then a
 Celery worker, celery beat and the API under gunicorn. Waits until /readyz is
 200, prints the URLs and a development token, and stops everything it started
 on Ctrl-C or SIGTERM.
+
+The database is the one thing that may be external: `--database-url` (or an
+ambient `DATABASE_URL`) replaces the SQLite default, e.g. an empty PostgreSQL
+database, which is migrated with Alembic exactly as the SQLite file is.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import click
 import httpx
+from sqlalchemy.engine import make_url
 
 from devstack.fal_emulator import FalEmulatorProcess, start_emulator_process
 from devstack.localstack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, start_s3
@@ -33,9 +38,11 @@ READY_TIMEOUT = 120.0
 
 
 def stack_environment(data_dir: Path, s3_url: str, redis_url: str, fal: FalEmulatorProcess,
-                      api_port: int) -> dict[str, str]:
+                      api_port: int, database_url: str | None = None) -> dict[str, str]:
     """Settings for every process of the local stack (explicit values win)."""
     env = dict(os.environ)
+    if database_url:
+        env["DATABASE_URL"] = database_url  # the flag wins over the environment
     defaults = {
         "HAIRFLUENCER_ENV": "development",
         "DATABASE_URL": f"sqlite:///{data_dir / 'hairfluencer.sqlite3'}",
@@ -69,23 +76,22 @@ def _bin(name: str) -> str:
 
 
 @contextmanager
-def running_stack(port: int, data_dir: Path, workers: int = 2,
-                  fal_latency: float = 2.0) -> Iterator[dict[str, str]]:
+def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: float = 2.0,
+                  database_url: str | None = None) -> Iterator[dict[str, str]]:
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     with ExitStack() as stack:  # every server entered here is stopped on the way out
         s3 = stack.enter_context(start_s3(data_dir=data_dir))
         redis = stack.enter_context(start_redis(data_dir / "redis"))
         fal = stack.enter_context(start_emulator_process(data_dir / "fal-emulator", latency=fal_latency))
-        env = stack_environment(data_dir, s3.endpoint_url, redis.url, fal, port)
+        env = stack_environment(data_dir, s3.endpoint_url, redis.url, fal, port, database_url)
         prom = Path(env["PROMETHEUS_MULTIPROC_DIR"])
         prom.mkdir(parents=True, exist_ok=True)
         for stale in prom.glob("*.db"):
             stale.unlink()
         hairfluencer = _bin("hairfluencer")
-        subprocess.run([hairfluencer, "migrate"], env=env, check=True, capture_output=True)
-        subprocess.run([hairfluencer, "setup-storage"], env=env, check=True,
-                       capture_output=True)
+        _setup_step([hairfluencer, "migrate"], env)
+        _setup_step([hairfluencer, "setup-storage"], env)
         processes = [
             ManagedProcess([_bin("celery"), "-A", "worker.app", "worker",
                             "-Q", "default,uploads,tryons,tryons_done,maintenance", "-c", str(workers),
@@ -112,6 +118,22 @@ def running_stack(port: int, data_dir: Path, workers: int = 2,
         yield env
 
 
+def _setup_step(command: list[str], env: dict[str, str]) -> None:
+    """A one-off setup command; its own error output if it fails (a wrong
+    --database-url must say why, not just which command failed)."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise click.ClickException(f"{Path(command[-1]).name} failed:\n{done.stderr[-3000:]}")
+
+
+def shown_database_url(url: str) -> str:
+    """The database URL as printed: never its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - unparsable: say so rather than echo it
+        return "(unparsable DATABASE_URL)"
+
+
 def _ready(base: str) -> bool:
     try:
         return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
@@ -126,7 +148,12 @@ def _ready(base: str) -> bool:
 @click.option("--workers", default=2, show_default=True, help="Celery worker concurrency.")
 @click.option("--fal-latency", default=2.0, show_default=True,
               help="Seconds the fal emulator spends on each job.")
-def dev_command(port: int, data_dir: Path, workers: int, fal_latency: float) -> None:
+@click.option("--database-url", default=None, metavar="URL",
+              help="SQLAlchemy URL of the database to migrate and use, e.g. an empty "
+                   "PostgreSQL database: postgresql+psycopg://user@host/db. "
+                   "[default: $DATABASE_URL, else SQLite in --data-dir]")
+def dev_command(port: int, data_dir: Path, workers: int, fal_latency: float,
+                database_url: str | None) -> None:
     """Run API, worker, beat, Redis and a signature-checking S3 locally."""
     port = port or free_port()
     stop = {"now": False}
@@ -135,7 +162,7 @@ def dev_command(port: int, data_dir: Path, workers: int, fal_latency: float) -> 
         stop["now"] = True
 
     on_stop_signals(_stop)
-    with running_stack(port, data_dir.resolve(), workers, fal_latency) as env:
+    with running_stack(port, data_dir.resolve(), workers, fal_latency, database_url) as env:
         token = subprocess.run([_bin("hairfluencer"), "token", DEV_USER], env=env, check=True,
                                capture_output=True, text=True).stdout.strip()
         base = env["HF_BASE_URL"]
@@ -146,7 +173,7 @@ Hairfluencer is running (embedded defaults).
   S3          {env['S3_ENDPOINT_URL']} ({env['HF_S3_KIND']}; key/secret test/test)
   Redis       {env['REDIS_URL']}
   fal.ai      {env['HF_FAL_URL']} (offline emulator; webhooks to {env['PUBLIC_BASE_URL']})
-  database    {env['DATABASE_URL']}
+  database    {shown_database_url(env['DATABASE_URL'])}
   logs        {data_dir / 'logs'}
   user        {DEV_USER}
   token       {token}

@@ -27,16 +27,17 @@ HAIRFLUENCER = str(Path(sys.executable).with_name("hairfluencer"))
 
 
 @contextmanager
-def dev_stack(data_dir: Path, **env_overrides: str) -> Iterator[dict[str, str]]:
-    """`hairfluencer dev` on a free loopback port until the block ends: its base URL,
-    a development token and its data directory (also used by tests/clients)."""
+def dev_stack(data_dir: Path, *options: str, **env_overrides: str) -> Iterator[dict[str, str]]:
+    """`hairfluencer dev` (with any further `options`) on a free loopback port until the
+    block ends: its base URL, a development token and its data directory (also used by
+    tests/clients and tests/conformance)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DATABASE_URL", "REDIS_URL", "S3_", "CELERY_"))}
     env.update(env_overrides)
     out = data_dir / "dev.out"
     with out.open("wb") as sink:
         command = [HAIRFLUENCER, "dev", "--port", "0", "--data-dir", str(data_dir),
-                   "--fal-latency", "0.5"]
+                   "--fal-latency", "0.5", *options]
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
         try:

@@ -15,6 +15,14 @@ its worker three times (a decode that exhausts memory, say) is rejected without
 being opened again. Finishing takes the upload's row lock: the sanitized copy is
 written and the state changed only while the upload is still `validating`, so a
 duplicate run writes nothing twice and a deleted upload gets nothing written.
+
+A crash is counted when the claim is taken and given back when the run ends by
+itself with a dependency failure (storage, the database, Redis, clamd), in any step
+up to and including the finish (the sanitized copy, the placeholder, the row); an
+unexpected exception keeps its count, as a crash does. If the give-back itself
+fails (the database is down), the task's retry (the same task id, one attempt
+later: only dependency failures are retried) finds its earlier attempt's claim and
+takes that count over instead of adding one, so an outage never rejects a selfie.
 """
 
 from __future__ import annotations
@@ -25,17 +33,20 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy import ColumnElement, and_, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from shared.core import audit, metrics
 from shared.core.db import updated_rows
 from shared.core.leases import LeaseKeeper
 from shared.images.sanitize import ImageRejected, SanitizedImage, inspect_and_decode, sanitize
-from shared.images.scanners import run_scanners
+from shared.images.scanners import ScannerUnavailable, run_scanners
 from shared.models import Upload, UploadStatus
 from shared.services import Services
-from shared.storage.base import ObjectMissing, sha256_b64
+from shared.storage.base import ObjectMissing, StorageUnavailable, sha256_b64
 from shared.storage.keys import sanitized_key
 from shared.uploads.use_cases import remove_raw_bytes
 
@@ -44,6 +55,19 @@ log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=15)
 RENEW_EVERY_SECONDS = 5.0
 MAX_CRASHES = 3
+# Room for "#<attempt>" after a task id in the 64-character owner column.
+MAX_OWNER_CHARS = 56
+
+# A dependency that fails and comes back (what the task retries, worker/base.py's
+# TRANSIENT, and a database error that invalidated its connection): never a crash.
+DEPENDENCY_FAILURES: tuple[type[BaseException], ...] = (
+    StorageUnavailable, ScannerUnavailable, ConnectionError, TimeoutError, OperationalError,
+    InterfaceError, RedisConnectionError, RedisTimeoutError)
+
+
+def is_dependency_failure(exc: BaseException) -> bool:
+    return isinstance(exc, DEPENDENCY_FAILURES) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 @dataclass(frozen=True)
@@ -59,46 +83,86 @@ class Rejection(Exception):
         self.detail = detail
 
 
-def validate_upload(svc: Services, upload_id: str, *, owner: str | None = None) -> Outcome:
+def validate_upload(svc: Services, upload_id: str, *, owner: str | None = None,
+                    attempt: int = 0) -> Outcome:
     """Validate one upload. `owner` names this delivery (the task id): a claim held
     by the same name is a previous delivery of this message, which is no longer
-    running, so it is taken over at once."""
-    owner = owner or str(uuid.uuid4())
-    upload = _claim(svc, upload_id, owner)
+    running, so it is taken over at once. `attempt` is the task's retry number
+    (Celery keeps the task id across retries)."""
+    owner = (owner or str(uuid.uuid4()))[:MAX_OWNER_CHARS]
+    claim = claim_name(owner, attempt)
+    upload = _claim(svc, upload_id, owner, attempt)
     if upload is None:
         return _poisoned_or_skipped(svc, upload_id, owner)
     timings: dict[str, float] = {}
     try:
-        with LeaseKeeper(lambda: _renew(svc, upload_id, owner), RENEW_EVERY_SECONDS, "validation"):
-            clean = _check_and_sanitize(svc, upload, timings)
-    except Rejection as rejection:
-        return _finish(svc, upload_id, rejection=rejection)
-    except Exception:
-        _release(svc, upload_id, owner)
+        try:
+            with LeaseKeeper(lambda: _renew(svc, upload_id, claim), RENEW_EVERY_SECONDS,
+                             "validation"):
+                clean = _check_and_sanitize(svc, upload, timings)
+        except Rejection as rejection:
+            return _finish(svc, upload_id, rejection=rejection)
+        return _finish(svc, upload_id, clean=clean, timings=timings)
+    except Exception as exc:
+        # Finishing writes to storage and the database too: its failures are the
+        # run's, given back (or kept, for a bug) like those of the checks.
+        _release(svc, upload_id, claim, crashed=not is_dependency_failure(exc))
         raise
-    return _finish(svc, upload_id, clean=clean, timings=timings)
 
 
-def _claim(svc: Services, upload_id: str, owner: str) -> Upload | None:
+def claim_name(owner: str, attempt: int) -> str:
+    """What the claim column holds: the task id, and the retry number after the first."""
+    return owner if attempt <= 0 else f"{owner}#{attempt}"
+
+
+def _attempt_of(claim: str | None, owner: str) -> int | None:
+    """The attempt of this message (task id) that holds `claim`, or None if another
+    message's (or nobody's)."""
+    if claim == owner:
+        return 0
+    if claim is None or not claim.startswith(owner + "#"):
+        return None
+    number = claim[len(owner) + 1:]
+    return int(number) if number.isdigit() else None
+
+
+def _claim(svc: Services, upload_id: str, owner: str, attempt: int) -> Upload | None:
     now = svc.clock()
     with svc.sessions.begin() as session:
-        taken_over = session.scalar(select(Upload.validation_owner.is_not(None)).where(
-            Upload.id == upload_id))
+        previous = session.scalar(select(Upload.validation_owner).where(Upload.id == upload_id))
+        earlier = _attempt_of(previous, owner)
+        ours = earlier is not None and earlier <= attempt
+        # An earlier attempt of this message ended with a dependency failure (nothing
+        # else is retried) whose give-back failed: its count becomes this claim's.
+        inherited = earlier is not None and earlier < attempt
         if not updated_rows(session, update(Upload).where(
                 Upload.id == upload_id, Upload.status == UploadStatus.VALIDATING,
                 Upload.validation_crashes < MAX_CRASHES,
-                or_(Upload.validation_owner.is_(None), Upload.validation_lease_until < now,
-                    Upload.validation_owner == owner)).values(
-                validation_owner=owner, validation_lease_until=now + LEASE,
+                _claimable(previous, ours=ours, now=now)).values(
+                validation_owner=claim_name(owner, attempt),
+                validation_lease_until=now + LEASE,
                 # Counted now, given back when this run ends by itself (see _release).
-                validation_crashes=Upload.validation_crashes + 1)):
+                validation_crashes=Upload.validation_crashes + (0 if inherited else 1))):
             return None
         upload = session.get(Upload, upload_id)
-    if taken_over:
+    if inherited:
+        log.info("upload %s: the claim of attempt %s was not given back (a dependency "
+                 "failure); attempt %s takes it over", upload_id, earlier, attempt)
+    elif previous is not None:
         metrics.VALIDATION_TAKEOVERS.inc()
         log.warning("upload %s: the previous validation never came back; validating again",
                     upload_id)
     return upload
+
+
+def _claimable(previous: str | None, *, ours: bool, now: datetime) -> ColumnElement[bool]:
+    """Still the claim seen (compare-and-set), and free: nobody's, this message's
+    (its earlier delivery or attempt is no longer running), or lapsed."""
+    if previous is None:
+        return Upload.validation_owner.is_(None)
+    if ours:
+        return Upload.validation_owner == previous
+    return and_(Upload.validation_owner == previous, Upload.validation_lease_until < now)
 
 
 def _poisoned_or_skipped(svc: Services, upload_id: str, owner: str) -> Outcome:
@@ -108,31 +172,35 @@ def _poisoned_or_skipped(svc: Services, upload_id: str, owner: str) -> Outcome:
         upload = session.get(Upload, upload_id)
     if (upload is not None and upload.status == UploadStatus.VALIDATING
             and upload.validation_crashes >= MAX_CRASHES
-            and (upload.validation_owner in (None, owner)
+            and (upload.validation_owner is None
+                 or _attempt_of(upload.validation_owner, owner) is not None
                  or (upload.validation_lease_until or svc.clock()) <= svc.clock())):
         return give_up(svc, upload_id, f"crashed its worker {upload.validation_crashes} times")
     return Outcome("skipped")  # a duplicate delivery or a reconciler re-send
 
 
-def _renew(svc: Services, upload_id: str, owner: str) -> bool:
+def _renew(svc: Services, upload_id: str, claim: str) -> bool:
     with svc.sessions.begin() as session:
         return bool(updated_rows(session, update(Upload).where(
-            Upload.id == upload_id, Upload.validation_owner == owner,
+            Upload.id == upload_id, Upload.validation_owner == claim,
             Upload.status == UploadStatus.VALIDATING).values(
             validation_lease_until=svc.clock() + LEASE)))
 
 
-def _release(svc: Services, upload_id: str, owner: str) -> None:
-    """A run that failed by itself (storage down: the task retries) gives its claim
-    back and is not counted as a crash."""
+def _release(svc: Services, upload_id: str, claim: str, *, crashed: bool) -> None:
+    """A run that ended by itself gives its claim back, so the beat re-sends it when
+    due. A dependency failure (the task retries) also gives back the crash counted
+    at the claim; an unexpected exception keeps it: a bug that fails every run is
+    rejected after three, like an image that kills its worker."""
     try:
         with svc.sessions.begin() as session:
             session.execute(update(Upload).where(
-                Upload.id == upload_id, Upload.validation_owner == owner).values(
-                validation_owner=None, validation_crashes=Upload.validation_crashes - 1,
+                Upload.id == upload_id, Upload.validation_owner == claim).values(
+                validation_owner=None,
+                validation_crashes=Upload.validation_crashes - (0 if crashed else 1),
                 validation_lease_until=svc.clock()
                 + timedelta(seconds=svc.settings.validation_stale_seconds)))
-    except Exception as exc:  # noqa: BLE001 - the lease lapses by itself
+    except Exception as exc:  # noqa: BLE001 - the retry takes the claim over (see _claim)
         log.warning("could not release validation of %s (%s)", upload_id, type(exc).__name__)
 
 

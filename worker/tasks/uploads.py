@@ -12,8 +12,10 @@ from worker.base import VALIDATION, AppTask, task
 @task(names.VALIDATE_UPLOAD, VALIDATION)
 def validate(self: AppTask, upload_id: str) -> str:
     # A decode that fails is a rejection inside validate_upload, never a retry. The
-    # task id names the claim: a redelivery of this message takes it over at once.
+    # task id names the claim: a redelivery of this message takes it over at once;
+    # the retry number tells a retry (after a dependency failure) from a redelivery.
     try:
-        return validate_upload(self.svc, upload_id, owner=self.request.id).status
+        return validate_upload(self.svc, upload_id, owner=self.request.id,
+                               attempt=self.request.retries or 0).status
     except SoftTimeLimitExceeded:
         return give_up(self.svc, upload_id, "took longer than the time limit").status

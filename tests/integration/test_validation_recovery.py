@@ -8,18 +8,20 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import psycopg
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import func, select
+from sqlalchemy import func, make_url, select
+from sqlalchemy.exc import OperationalError
 
 from devstack.procs import wait_until
 from shared.core.i18n import MESSAGES
 from shared.models import AuditEvent, Upload
 from shared.storage.base import ObjectMissing, StorageUnavailable
-from shared.storage.keys import sanitized_key
+from shared.storage.keys import SANITIZED_PREFIX, sanitized_key
 from shared.uploads import retention
 from shared.uploads.validation import MAX_CRASHES, validate_upload
-from tests.conftest import WorkerDied, fixture_bytes, shift_clock
+from tests.conftest import PG_ADMIN_URL, WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_upload_flow import presign, put
 
 ASTRONAUT = fixture_bytes("astronaut.jpg")
@@ -139,6 +141,50 @@ def test_a_failing_dependency_is_retried_and_not_counted_as_a_crash(client, auth
         upload = row(svc, upload_id)
         assert (upload.validation_owner, upload.validation_crashes) == (None, 0), attempt
     assert validate_upload(svc, upload_id, owner="task-1").status == "ready"
+
+
+def terminate_connections(database_url: str) -> int:
+    """pg_terminate_backend on every connection to the test database (a restart, a
+    failover, a proxy that drops idle and busy connections alike)."""
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            "WHERE datname = %s AND pid <> pg_backend_pid()",
+                            (make_url(database_url).database,)).fetchall()
+    return sum(1 for (ok,) in rows if ok)
+
+
+def test_storage_and_the_database_failing_while_it_finishes_are_not_crashes(
+        client, auth, svc, dispatch, settings):
+    # Each run gets as far as the finish: S3 refuses the sanitized copy three times
+    # (as many as the crash limit), then the database drops every connection, the
+    # one holding the row lock among them, between the copy and the row's update.
+    upload_id = confirmed(client, auth, dispatch, "gus")
+    real_put = svc.storage.put_bytes
+    faults = ["s3"] * MAX_CRASHES + ["database"]
+    dropped: list[int] = []
+
+    def put_bytes(bucket: str, key: str, data: bytes, **kwargs: Any) -> None:
+        if key.startswith(SANITIZED_PREFIX) and faults:
+            if faults.pop(0) == "s3":
+                raise StorageUnavailable("503 SlowDown")
+            dropped.append(terminate_connections(settings.database_url))
+        real_put(bucket, key, data, **kwargs)
+
+    svc.storage.put_bytes = put_bytes  # type: ignore[method-assign]
+    for attempt in range(MAX_CRASHES + 1):  # the task's retries: same id, attempt + 1
+        error = StorageUnavailable if attempt < MAX_CRASHES else OperationalError
+        with pytest.raises(error):
+            validate_upload(svc, upload_id, owner="task-1", attempt=attempt)
+        upload = row(svc, upload_id)
+        assert (upload.status, upload.validation_owner, upload.validation_crashes) == (
+            "validating", None, 0), attempt
+    assert dropped and dropped[0] >= 1
+    assert validate_upload(svc, upload_id, owner="task-1", attempt=MAX_CRASHES + 1).status \
+        == "ready"
+    upload = row(svc, upload_id)
+    assert (upload.status, upload.validation_crashes) == ("ready", 0)
+    assert events(svc, upload_id, "upload.validated") == 1
+    svc.storage.head(settings.uploads_bucket, sanitized_key("gus", upload_id))
 
 
 def test_concurrent_and_repeated_runs_write_one_outcome(client, auth, svc, dispatch, settings):

@@ -16,7 +16,9 @@ from api.contract import document_text
 from shared.access.auth import issue_dev_token
 from shared.core.config import ENV_VARS, get_settings
 from shared.core.migrate import upgrade
+from shared.services import Services
 from shared.storage.setup import apply
+from shared.tryons.retirement import StillInCatalogue, retire_hairstyle
 
 
 @click.group()
@@ -55,6 +57,22 @@ def openapi() -> None:
     """Print the OpenAPI document (regenerate docs/openapi.json with
     `hairfluencer openapi > docs/openapi.json`)."""
     click.echo(document_text(create_app(configure_logs=False)), nl=False)
+
+
+@main.command("retire-hairstyle")
+@click.argument("style_id")
+def retire_hairstyle_command(style_id: str) -> None:
+    """Fail STYLE_ID's queued try-ons now (tryon.hairstyle_retired). Remove the style
+    from the catalogue and deploy first; jobs already at fal run to their end."""
+    svc = Services.from_settings(get_settings())
+    try:
+        failed = retire_hairstyle(svc, style_id)
+    except StillInCatalogue:
+        raise click.ClickException(
+            f"{style_id} is still in this catalogue: remove it and deploy first") from None
+    finally:
+        svc.engine.dispose()
+    click.echo(f"{style_id}: {failed} queued try-ons failed with tryon.hairstyle_retired")
 
 
 @main.command("env-table")

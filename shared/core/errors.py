@@ -41,6 +41,9 @@ ERROR_KINDS: dict[str, ErrorKind] = {
     "tryon.not_found": ErrorKind(404),
     "tryon.unknown_hairstyle": ErrorKind(422),
     "tryon.no_result": ErrorKind(409),
+    # A job's failure only: its style was retired with `hairfluencer retire-hairstyle`
+    # before the job was submitted (docs/reliability.md, "Catalogue changes").
+    "tryon.hairstyle_retired": ErrorKind(422),
     "erasure.not_found": ErrorKind(404),
     "user.erasure_in_progress": ErrorKind(409, retriable=True),
     "idempotency.conflict": ErrorKind(409),

@@ -134,6 +134,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "en": "This try-on has no result to keep.",
         "es": "Esta prueba de peinado no tiene un resultado que guardar.",
     },
+    "tryon.hairstyle_retired": {
+        "en": "This hairstyle is no longer available. Please choose another one.",
+        "es": "Este peinado ya no está disponible. Elige otro.",
+    },
     "erasure.not_found": {
         "en": "You have not asked us to delete your data.",
         "es": "No nos has pedido que borremos tus datos.",

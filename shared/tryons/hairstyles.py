@@ -2,6 +2,11 @@
 
 The user's optional text is only ever appended to a template, length-limited and
 stripped of control characters; it never replaces the template.
+
+A job keeps the prompt composed when it was accepted (`try_ons.composed_prompt`), so
+renaming or removing a style, or a rolling deploy with two catalogues, never changes
+or strands a job already accepted; only `hairfluencer retire-hairstyle`
+(shared/tryons/retirement.py) fails the queued jobs of a style on purpose.
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from pathlib import Path
 
 CATALOGUE = Path(__file__).resolve().parent / "hairstyles.json"
 MAX_USER_PROMPT = 200
+# A job's failure when its style was retired (`hairfluencer retire-hairstyle`), or
+# when a job accepted before prompts were stored finds its style gone.
+RETIRED = "tryon.hairstyle_retired"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
 
@@ -38,3 +46,14 @@ def compose_prompt(style: Hairstyle, user_prompt: str | None) -> str:
     if not extra:
         return style.prompt
     return f"{style.prompt} Additional request from the user (hair only): {extra}"
+
+
+def accepted_prompt(hairstyle_id: str, user_prompt: str | None,
+                    stored: str | None) -> str | None:
+    """The prompt a job runs with: the one stored when it was accepted; for a job
+    accepted before prompts were stored, composed from this catalogue, or None if
+    its style is no longer in it (never an exception: the job must end)."""
+    if stored is not None:
+        return stored
+    style = catalogue().get(hairstyle_id)
+    return compose_prompt(style, user_prompt) if style is not None else None

@@ -1,5 +1,7 @@
 """The beat's safety net for try-ons: every job whose `due_at` passed with nobody
-acting on it is handed to the step that moves it on."""
+acting on it is handed to the step that moves it on, and a job past its bounds is
+failed here, whatever its own step does (a run that keeps raising before its claim
+would otherwise be sent again forever and hold its selfie past its deadline)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from sqlalchemy import or_, select, update
 from shared.core.task_names import POLL_TRYON, RUN_TRYON
 from shared.models import JobStatus, TryOn
 from shared.services import Services
-from shared.tryons.state import SILENT_AFTER, FollowUp, time_out
+from shared.tryons.state import SILENT_AFTER, FollowUp, fail, time_out
+from shared.tryons.submission import past_submit_bound
 
 # A queued job whose run was due this long ago has lost its message: send it again.
 QUEUED_GRACE = timedelta(seconds=10)
@@ -22,7 +25,8 @@ RECONCILE_BATCH = 500
 def reconcile(svc: Services) -> list[FollowUp]:
     """Every job whose `due_at` passed with nobody acting on it: a queued job's run is
     sent again, a lapsed claim is handed to `run` (which takes it over), a submitted
-    job is asked about, and a job past its deadline is failed."""
+    job is asked about, and a job past its deadline (or, never accepted by fal, past
+    `submit_bound`) is failed."""
     now = svc.clock()
     with svc.sessions() as session:
         jobs = list(session.scalars(select(TryOn).where(
@@ -35,6 +39,10 @@ def reconcile(svc: Services) -> list[FollowUp]:
     for job in jobs:
         if job.deadline_at is not None and now >= job.deadline_at:
             follow += time_out(svc, job)
+        elif past_submit_bound(svc, job, now):
+            # Fenced by the attempt: a claim taken meanwhile is left to its run.
+            fail(svc, job, "fal.timeout", attempt=job.attempt,
+                 detail="not accepted by fal within its bound")
         elif job.status == JobStatus.QUEUED:
             if job.due_at is None or job.due_at < now - QUEUED_GRACE:
                 follow.append(FollowUp(RUN_TRYON, (job.id,)))

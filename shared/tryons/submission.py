@@ -14,6 +14,11 @@ or by a status check (shared/tryons/completion.py).
 - The deadline counts from the first submission fal accepted, and every submission
   carries fal's start timeout, so a request fal has not started in time is dropped
   unbilled instead of running after we gave up.
+- Before that, `submit_bound` bounds the job: one that fal has not accepted by then
+  is failed (here, and by the reconciler), so even a job whose run keeps raising
+  before its claim ends, and no longer holds its selfie past its deadline.
+- The prompt is the one stored when the job was accepted: a style renamed or removed
+  since, or a worker with another catalogue, runs it unchanged.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, update
 
 from shared.core import audit, metrics
+from shared.core.config import Settings
 from shared.core.db import updated_rows
 from shared.core.task_names import POLL_TRYON, RUN_TRYON, TRYON_DEADLINE
 from shared.fal.gateway import FalFailure, cancel_quietly
 from shared.fal.webhooks import webhook_url
 from shared.models import JobStatus, TryOn, Upload, UploadStatus
 from shared.services import Services
-from shared.tryons.hairstyles import catalogue, compose_prompt
+from shared.tryons.hairstyles import RETIRED, accepted_prompt
 from shared.tryons.state import (
     SILENT_AFTER,
     FollowUp,
@@ -55,6 +61,24 @@ MIN_START_TIMEOUT_SECONDS = 2.0
 MAX_ATTEMPTS = 10
 # ETA tasks may run a little early; a run this close to its due time goes ahead.
 EARLY_TOLERANCE = timedelta(seconds=1)
+# Room in `submit_bound` for a queue backlog and the tasks' own retries.
+QUEUE_SLACK = timedelta(minutes=10)
+# after_failure's jitter is at most this factor of the nominal backoff.
+MAX_JITTER = 1.25
+
+
+def submit_bound(s: Settings) -> timedelta:
+    """The longest a job may go from acceptance to fal's first acceptance: the upload
+    wait, every claim's lease, every backoff at its longest, and QUEUE_SLACK. Past it
+    the job fails with `fal.timeout`; from fal's first acceptance its deadline rules."""
+    backoffs = sum(2 ** n * s.fal_retry_base_seconds * MAX_JITTER
+                   for n in range(1, s.fal_max_retries + 1))
+    return timedelta(seconds=s.upload_wait_seconds + MAX_ATTEMPTS * s.fal_in_doubt_seconds
+                     + backoffs) + QUEUE_SLACK
+
+
+def past_submit_bound(svc: Services, job: TryOn, now: datetime) -> bool:
+    return job.deadline_at is None and now >= job.created_at + submit_bound(svc.settings)
 
 
 def run(svc: Services, job_id: str) -> list[FollowUp]:
@@ -73,6 +97,15 @@ def run(svc: Services, job_id: str) -> list[FollowUp]:
         log.warning("job %s: the claim of attempt %d lapsed; taking it over", job.id, job.attempt)
     elif job.due_at is not None and now < job.due_at - EARLY_TOLERANCE:
         return [FollowUp(RUN_TRYON, (job.id,), seconds_until(job.due_at, now))]  # backoff
+    if past_submit_bound(svc, job, now):
+        fail(svc, job, "fal.timeout", detail="not accepted by fal within its bound")
+        return []
+    prompt = accepted_prompt(job.hairstyle_id, job.user_prompt, job.composed_prompt)
+    if prompt is None:
+        # Accepted before prompts were stored, and its style has left the catalogue:
+        # nothing could ever run it, so it ends now instead of being sent again.
+        fail(svc, job, RETIRED, detail=f"hairstyle {job.hairstyle_id} is gone")
+        return []
     with svc.sessions() as session:
         upload = session.get(Upload, job.upload_id)
     if upload is None or upload.status in (UploadStatus.DELETED, UploadStatus.EXPIRED):
@@ -94,7 +127,7 @@ def run(svc: Services, job_id: str) -> list[FollowUp]:
     if job.attempt >= MAX_ATTEMPTS:
         fail(svc, job, "fal.unavailable", detail="too many attempts")
         return []
-    return _submit(svc, job, upload, now)
+    return _submit(svc, job, upload, prompt, now)
 
 
 def _start_timeout(svc: Services, job: TryOn, now: datetime) -> float:
@@ -106,11 +139,12 @@ def _start_timeout(svc: Services, job: TryOn, now: datetime) -> float:
                min(left, SIGNED_INPUT_TTL_SECONDS - LINK_START_MARGIN_SECONDS))
 
 
-def _submit(svc: Services, job: TryOn, upload: Upload, now: datetime) -> list[FollowUp]:
+def _submit(svc: Services, job: TryOn, upload: Upload, prompt: str,
+            now: datetime) -> list[FollowUp]:
     s = svc.settings
     attempt = job.attempt + 1
     arguments = {
-        "prompt": compose_prompt(catalogue()[job.hairstyle_id], job.user_prompt),
+        "prompt": prompt,
         # A fresh link for every attempt, never stored, gone within 5 minutes. Signed
         # before the claim, so nothing slow stands between the claim and the send.
         "image_urls": [svc.upload_store.presign_get(str(upload.sanitized_key),

@@ -75,9 +75,10 @@ def _authenticate(verifier: TokenVerifier) -> str:
         return verifier.verify(token.strip()).user_id
     except TokenError as exc:
         raise AppError(exc.code) from None
-    except KeysUnavailable:
-        # Our side cannot check tokens now: retriable, so the app keeps its session.
-        raise AppError("service.unavailable", retry_after=30) from None
+    except KeysUnavailable as exc:
+        # Our side cannot check tokens now (the JWKS is down, or a key just rotated in
+        # is being fetched): retriable, so the app keeps its session.
+        raise AppError("service.unavailable", retry_after=exc.retry_after) from None
 
 
 EXTENSION = "hairfluencer"

@@ -2,7 +2,11 @@
 
 Production: RS256/EdDSA tokens from the app's auth server (Better Auth's JWT
 plugin), keys from its JWKS URL kept by shared/core/jwks.py (its refresh policy is
-ours), issuer and audience required. Development: HS256 with a local secret.
+ours), issuer and audience required. A token naming a key we have not seen yet may be
+signed with one the auth server just rotated in: it is answered KeysUnavailable (503,
+retriable, a short Retry-After) until a key set fetched after it was first seen says
+whether the key exists; only then is it refused as an unknown key (401).
+Development: HS256 with a local secret.
 `alg: none` and any algorithm outside the configured set are refused by PyJWT
 itself because we always pass an explicit algorithm list; the key's own type
 decides the algorithm, so an RSA public key is never taken as an HMAC secret.
@@ -22,8 +26,6 @@ from shared.storage.keys import USER_ID
 
 ASYMMETRIC_ALGORITHMS = ["RS256", "EdDSA"]
 JWKS_CACHE_SECONDS = 300
-# An unknown `kid` makes us fetch the JWKS again at most this often.
-JWKS_REFETCH_SECONDS = 60
 LEEWAY_SECONDS = 30
 # Far above any real token; a bigger one is refused before it is parsed.
 MAX_TOKEN_BYTES = 8192
@@ -48,10 +50,12 @@ class TokenVerifier:
         self._jwks: JwksCache | None = None
         if settings.jwt_jwks_url:
             self._jwks = JwksCache(settings.jwt_jwks_url, max_age=JWKS_CACHE_SECONDS,
-                                   min_refetch=JWKS_REFETCH_SECONDS)
+                                   min_refetch=settings.jwt_jwks_refetch_seconds,
+                                   fetch_timeout=settings.jwt_jwks_fetch_timeout_seconds)
 
     def verify(self, token: str) -> Principal:
-        """The caller, or TokenError; KeysUnavailable when the JWKS cannot be had."""
+        """The caller, or TokenError; KeysUnavailable (with its `retry_after`) when the
+        JWKS cannot be had, or cannot yet say whether the token's key exists."""
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenError("auth.invalid_token")
         try:
@@ -73,10 +77,9 @@ class TokenVerifier:
         alg = header.get("alg")
         if self._jwks is not None and alg in ASYMMETRIC_ALGORITHMS:
             kid = header.get("kid")
+            # KeysUnavailable while no set fetched since this kid was first seen says.
             key = self._jwks.key_for(kid if isinstance(kid, str) else None)
             if key is None:
-                if self._jwks.last_fetch_failed:
-                    raise KeysUnavailable(self._jwks.url)  # it may be a key we cannot see yet
                 raise jwt.InvalidKeyError("unknown key")
             # The key's algorithm, not the token's claim of one.
             return jwt.decode(token, key.key, algorithms=[key.algorithm_name],

@@ -128,6 +128,14 @@ class Settings:
     jwt_issuer: str = _env("JWT_ISSUER", "", "Required `iss`.")
     jwt_audience: str = _env("JWT_AUDIENCE", "hairfluencer-api", "Required `aud`.")
     jwt_dev_secret: str = _env("JWT_DEV_SECRET", "", "HS256 secret, development only.", secret=True)
+    jwt_jwks_fetch_timeout_seconds: float = _env("JWT_JWKS_FETCH_TIMEOUT_SECONDS", "5",
+                                                 "Wall-clock bound of one JWKS fetch from its "
+                                                 "start (DNS, connect, every read), at most 10.")
+    jwt_jwks_refetch_seconds: float = _env("JWT_JWKS_REFETCH_SECONDS", "5",
+                                           "A token naming a key not in the cached JWKS (a key "
+                                           "just rotated in) starts a background fetch at most "
+                                           "this often per process; it is answered 503 until "
+                                           "one has run.")
     # Observability
     sentry_dsn: str = _env("SENTRY_DSN", "", "Sentry DSN; empty = off.", secret=True)
     log_level: str = _env("LOG_LEVEL", "INFO", "Root log level.")
@@ -234,6 +242,11 @@ def _check(s: Settings) -> None:
     if s.fal_in_doubt_seconds < 15:
         # The claim lease must outlive a submit call that is still in flight.
         raise ConfigError("FAL_IN_DOUBT_SECONDS must be at least 15")
+    if not 0 < s.jwt_jwks_fetch_timeout_seconds <= 10:
+        # It may run inside a request: well under gunicorn's 30 s worker timeout.
+        raise ConfigError("JWT_JWKS_FETCH_TIMEOUT_SECONDS must be above 0 and at most 10")
+    if not 0 < s.jwt_jwks_refetch_seconds <= 60:
+        raise ConfigError("JWT_JWKS_REFETCH_SECONDS must be above 0 and at most 60")
     if s.is_production:
         if s.jwt_dev_secret:
             raise ConfigError("JWT_DEV_SECRET (HS256) is for development only")

@@ -24,6 +24,11 @@ FAL_DURATION = Histogram("fal_request_duration_seconds", "fal.ai request duratio
 JOB_OUTCOMES = Counter("tryon_jobs_total", "Try-on jobs finished, by outcome", ["outcome"])
 FAL_SUBMITS = Counter("fal_submit_total", "fal submissions, by result (accepted, failed, "
                       "in_doubt: the answer was lost after the request went out)", ["result"])
+# Each submission fal ran for a job on top of the one whose result it used, counted
+# once, when we learn of it. `cause`: no_webhook, lease_lapsed (shared/tryons/
+# submission.py); superseded_finished, superseded_in_backoff, superseded_after_success
+# (an earlier attempt's result arrived while a later one was at fal, while the job
+# waited to retry a later one, after a later one's result was used: completion.py).
 FAL_DOUBLE_SUBMISSIONS = Counter(
     "fal_double_submissions_total", "A job submitted to fal again while an earlier submission "
     "of it was, or may have been, accepted", ["cause"])

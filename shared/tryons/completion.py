@@ -3,22 +3,31 @@ stored result, a retry, or a failure.
 
 Finishing takes the job's row lock: one finalizer writes the result objects and
 commits; a late or duplicate completion, a deletion or an erasure waits for it and
-then finds the job done or gone. A result that still arrives for a superseded
-attempt (its claimant was presumed dead) is taken, and counted as a double.
+then finds the job done or gone.
+
+A result fal produced is paid for, so while the job is in flight any success of
+any of its attempts finishes it: the current one's, an earlier attempt's whose
+claimant was presumed dead, or one that arrives while the job waits in retry
+backoff (the pending run then finds nothing to do). A later attempt still at fal
+is canceled. Whenever fal has run more than one submission of the job that could
+produce a result, it is counted once in `fal_double_submissions_total`; a result
+the job does not use is audited (`tryon.result_unused`), once per request.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from shared.core import audit, metrics
 from shared.core.db import updated_rows
 from shared.core.task_names import POLL_TRYON
 from shared.fal.completions import Completion
 from shared.fal.gateway import FalFailure, cancel_quietly, classify_completion_error
-from shared.models import JobStatus, TryOn, Upload
+from shared.models import AuditEvent, JobStatus, TryOn, Upload
 from shared.services import Services
 from shared.storage.keys import TEMPORARY
 from shared.tryons import results
@@ -28,24 +37,47 @@ from shared.tryons.state import FollowUp, after_failure, load_job, sync_tags_qui
 
 log = logging.getLogger(__name__)
 
+# `cause` of fal_double_submissions_total when an earlier attempt's result arrives:
+# while a later attempt was at fal (or being sent), while the job waited to retry
+# a later attempt, or after the job had finished with another result.
+SUPERSEDED_FINISHED = "superseded_finished"
+SUPERSEDED_IN_BACKOFF = "superseded_in_backoff"
+SUPERSEDED_AFTER_SUCCESS = "superseded_after_success"
+RESULT_UNUSED = "tryon.result_unused"
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """What `_succeed` replaced: the double it revealed (a `cause`, or None) and the
+    request of a later attempt still at fal, to cancel."""
+
+    double: str | None
+    cancel: str | None
+
 
 def complete(svc: Services, job_id: str, attempt: int, completion: Completion) -> list[FollowUp]:
     job = load_job(svc, job_id)
-    if job is None or job.status != JobStatus.PROCESSING or attempt > job.attempt:
-        log.info("ignoring completion for job %s attempt %d (stale or duplicate)", job_id, attempt)
+    if job is None or job.status not in JobStatus.IN_FLIGHT:
+        if completion.ok:
+            _result_after_the_end(svc, job_id, attempt, completion.request_id)
         return []
-    # The attempt (bound to the webhook URL by our HMAC token) names the submission;
-    # once its request id is known, the (signed) id of the completion must be it.
-    superseded = attempt < job.attempt
-    if superseded and not completion.ok:
-        return []  # an earlier attempt's failure: that attempt was retried already
-    if (not superseded and job.fal_request_id and completion.request_id
+    if attempt < 1 or attempt > job.attempt:
+        log.info("ignoring completion for job %s attempt %d (no such attempt)", job_id, attempt)
+        return []
+    # The attempt (bound to the webhook URL by our HMAC token) names the submission.
+    # Late: not the submission in flight, but an earlier one, or the one whose
+    # failure put the job back in the queue to wait for its retry.
+    late = attempt < job.attempt or job.status == JobStatus.QUEUED
+    if late and not completion.ok:
+        return []  # that attempt's failure was handled already (retried)
+    # Once the current request id is known, the (signed) id of its completion must be it.
+    if (not late and job.fal_request_id and completion.request_id
             and job.fal_request_id != completion.request_id):
         log.warning("completion for job %s names another request; ignored", job_id)
         return []
     if not completion.ok:
         return after_failure(svc, job.id, attempt, classify_completion_error(completion.error_type))
-    request_id = completion.request_id or (None if superseded else job.fal_request_id)
+    request_id = completion.request_id or (None if late else job.fal_request_id)
     try:
         urls = list(completion.image_urls)
         if not urls:
@@ -56,32 +88,38 @@ def complete(svc: Services, job_id: str, attempt: int, completion: Completion) -
         rendered = results.render(download_result(svc, urls[0]), svc.settings.max_image_pixels)
     except results.NotAnImage as bad:
         failure = FalFailure("fal.bad_result", retriable=False, error_type=bad.detail)
-        return [] if superseded else after_failure(svc, job.id, attempt, failure)
+        return [] if late else after_failure(svc, job.id, attempt, failure)
     except FalFailure as failure:
-        if superseded:
-            return []
+        if late:
+            return []  # the job goes on as if it had never come (its retry is due)
         if failure.retriable and request_id:
             # The result is there, we could not fetch it: ask again, do not resubmit.
             return [FollowUp(POLL_TRYON, (job.id, attempt, False), svc.settings.fal_poll_seconds)]
         return after_failure(svc, job.id, attempt, failure)
-    if _succeed(svc, job.id, attempt, rendered, request_id) and superseded:
-        # A submission presumed lost (its claimant died) finished after all, while a
-        # later attempt was sent: that one is not needed any more.
-        metrics.FAL_DOUBLE_SUBMISSIONS.labels(cause="superseded_finished").inc()
-        if job.fal_request_id:
-            cancel_quietly(svc.fal, job.fal_request_id)
+    finished = _succeed(svc, job.id, attempt, rendered, request_id)
+    if finished is None:
+        # Another finalizer (or a deletion) came first: this result is not used.
+        _result_after_the_end(svc, job_id, attempt, request_id)
+        return []
+    if finished.double:
+        metrics.FAL_DOUBLE_SUBMISSIONS.labels(cause=finished.double).inc()
+    if finished.cancel:
+        # A submission presumed lost finished after all: the later one is not needed.
+        cancel_quietly(svc.fal, finished.cancel)
     return []
 
 
 def _succeed(svc: Services, job_id: str, attempt: int, rendered: results.Rendered,
-             request_id: str | None) -> bool:
+             request_id: str | None) -> _Finished | None:
     """Write the result and mark the job succeeded, under the job's row lock: of
-    concurrent finalizers one writes, and a job deleted meanwhile gets nothing."""
+    concurrent finalizers one writes, and a job deleted or ended meanwhile gets
+    nothing (None). What a late result replaces is read under the same lock."""
     with svc.sessions.begin() as session:
         job = session.scalars(select(TryOn).where(TryOn.id == job_id).with_for_update()) \
             .one_or_none()
-        if job is None or job.status != JobStatus.PROCESSING:
-            return False
+        if job is None or job.status not in JobStatus.IN_FLIGHT or attempt > job.attempt:
+            return None
+        finished = _replaced(job, attempt)
         # The retention deadline counts from before the objects were written, so the
         # bucket's lifecycle (which counts from their creation) never comes first.
         stored_at = svc.clock()
@@ -89,30 +127,33 @@ def _succeed(svc: Services, job_id: str, attempt: int, rendered: results.Rendere
         now = svc.clock()
         clean = rendered.result
         if not updated_rows(session, update(TryOn).where(
-                TryOn.id == job.id, TryOn.status == JobStatus.PROCESSING).values(
+                TryOn.id == job.id, TryOn.status.in_(JobStatus.IN_FLIGHT)).values(
                 status=JobStatus.SUCCEEDED, result_key=key, thumbnail_key=thumb_key,
                 result_sha256=clean.sha256, result_width=clean.width, result_height=clean.height,
                 completed_at=now, updated_at=now, due_at=None,
                 fal_request_id=request_id or job.fal_request_id,
                 delete_after=None if job.favorite else result_deadline(svc, stored_at),
                 result_tags=None if job.favorite else TEMPORARY)):
-            return False
+            return None
         if svc.settings.delete_selfie_after_job:
             # Schedules the selfie's deletion: the retention pass removes it next.
             session.execute(update(Upload).where(Upload.id == job.upload_id)
                             .values(delete_after=now))
+        # `job_attempt` and the request id let a result arriving after a deletion
+        # be told apart from this one (see `_result_after_the_end`).
         audit.record(session, at=now, user_id=job.user_id, action="tryon.succeeded",
                      subject_type="try_on", subject_id=job.id, attempt=attempt,
+                     job_attempt=job.attempt, fal_request_id=request_id or job.fal_request_id,
                      result_sha256=clean.sha256, source_sha256=job.source_sha256)
-        favorite, first_submitted_at = job.favorite, job.first_submitted_at
+        favorite, first_submitted_at, of = job.favorite, job.first_submitted_at, job.attempt
     if favorite:
         sync_tags_quietly(svc, job_id)  # favorited while it ran: tag it kept now
     metrics.FAL_SUCCESS.inc()
     if first_submitted_at:
         metrics.FAL_DURATION.observe((now - first_submitted_at).total_seconds())
     metrics.JOB_OUTCOMES.labels(outcome="succeeded").inc()
-    log.info("job %s succeeded (attempt %d)", job_id, attempt)
-    return True
+    log.info("job %s succeeded (attempt %d of %d)", job_id, attempt, of)
+    return finished
 
 
 def poll(svc: Services, job_id: str, attempt: int, *, reschedule: bool = True) -> list[FollowUp]:
@@ -148,3 +189,78 @@ def _failure_of(svc: Services, request_id: str, error_type: str | None) -> FalFa
         if failure.status is not None:  # fal answered: its error, classified
             return failure
     return classify_completion_error(error_type)
+
+
+def _replaced(job: TryOn, attempt: int) -> _Finished:
+    """What taking attempt `attempt`'s result does to the job as locked: a later
+    attempt was submitted (it is at fal, being sent, or failed and waits for its
+    retry) while this one, presumed lost, ran: a double."""
+    if attempt == job.attempt:
+        return _Finished(None, None)  # the current submission, or the one backoff would repeat
+    if job.status == JobStatus.QUEUED:
+        return _Finished(SUPERSEDED_IN_BACKOFF, None)
+    # Unknown yet while the later claimant sends it: its record then fails and it
+    # cancels what it submitted (submission._submission_orphaned).
+    return _Finished(SUPERSEDED_FINISHED, job.fal_request_id)
+
+
+def _result_after_the_end(svc: Services, job_id: str, attempt: int,
+                          request_id: str | None) -> None:
+    """A success for a job that has ended (succeeded with another result, failed for
+    good) or is gone: it is not used, and it is audited once per request. It is a
+    double when an earlier attempt's result arrives after a later attempt's was used;
+    a later attempt's own result, arriving after an earlier one won, was counted
+    when that one won (`_replaced`)."""
+    if not request_id:
+        return
+    with svc.sessions.begin() as session:
+        job = session.scalars(select(TryOn).where(TryOn.id == job_id).with_for_update()) \
+            .one_or_none()
+        trail = _trail(session, job_id)
+        ended = _Ended.of_row(job) if job is not None else _Ended.of_trail(trail)
+        if ended is None or attempt < 1 or attempt > ended.attempt or request_id == ended.used:
+            return  # nothing known of it, no such attempt, or a duplicate of the result used
+        if any(e.action == RESULT_UNUSED and e.details.get("fal_request_id") == request_id
+               for e in trail):
+            return  # a duplicate delivery of a result already set aside
+        double = ended.used is not None and attempt < ended.attempt
+        audit.record(session, at=svc.clock(), user_id=ended.user_id, action=RESULT_UNUSED,
+                     subject_type="try_on", subject_id=job_id, attempt=attempt,
+                     fal_request_id=request_id, double=double)
+    if double:
+        metrics.FAL_DOUBLE_SUBMISSIONS.labels(cause=SUPERSEDED_AFTER_SUCCESS).inc()
+    log.info("job %s: a result of attempt %d came after the job ended; not used (double: %s)",
+             job_id, attempt, double)
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """A job that ended: its owner, its last attempt, and the request whose result it
+    used (None if it did not succeed)."""
+
+    user_id: str
+    attempt: int
+    used: str | None
+
+    @staticmethod
+    def of_row(job: TryOn) -> _Ended | None:
+        if job.status in JobStatus.IN_FLIGHT:
+            return None  # back in flight meanwhile: cannot be, a terminal state stays
+        used = job.fal_request_id if job.status == JobStatus.SUCCEEDED else None
+        return _Ended(job.user_id, job.attempt, used)
+
+    @staticmethod
+    def of_trail(trail: list[AuditEvent]) -> _Ended | None:
+        """A deleted job, as its audit trail (kept) says it finished, if it succeeded."""
+        done = next((e for e in trail if e.action == "tryon.succeeded"
+                     and e.details.get("fal_request_id")), None)
+        if done is None:
+            return None
+        return _Ended(done.user_id, int(done.details.get("job_attempt") or 0),
+                      str(done.details["fal_request_id"]))
+
+
+def _trail(session: Session, job_id: str) -> list[AuditEvent]:
+    return list(session.scalars(select(AuditEvent).where(
+        AuditEvent.subject_type == "try_on", AuditEvent.subject_id == job_id)
+        .order_by(AuditEvent.id)))

@@ -14,6 +14,7 @@ from flask import Flask, Response, current_app, g, request
 from flask_smorest import Blueprint
 from marshmallow import Schema
 
+from api.boundary import check_query
 from shared.access.auth import KeysUnavailable, TokenError, TokenVerifier
 from shared.access.quota import QuotaService
 from shared.core.errors import AppError
@@ -50,6 +51,7 @@ def install(app: Flask, verifier: TokenVerifier, quotas: QuotaService) -> None:
         if any(len(values) > 1 for values in request.args.listvalues()):
             # Every documented query parameter is one value; which of two would count?
             raise AppError("request.invalid", detail="query parameter repeated")
+        check_query()
 
     @app.after_request
     def _end(response: Response) -> Response:

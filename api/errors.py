@@ -6,12 +6,14 @@ correlationId}}`, localized; never a stack trace, a signed URL or a bucket name.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from shared.core import metrics
@@ -28,17 +30,12 @@ _HTTP_CODES = {401: "auth.missing_token", 404: "request.not_found",
 
 
 def request_locale() -> str:
-    """The request's `locale` field, else Accept-Language, else English."""
+    """The request's `locale` (query, else the body's as its one parse found it, in
+    api/boundary.py), else Accept-Language, else English. Never reads the body: an
+    error handler that parsed it again would fail on the very body it reports."""
     explicit = request.args.get("locale")
-    if explicit is None and request.is_json:
-        try:
-            body = request.get_json(silent=True)
-        except HTTPException:
-            # A body over the size limit: reading it again raises 413 here too, and
-            # the answer must still be ours. Accept-Language decides.
-            body = None
-        if isinstance(body, dict) and isinstance(body.get("locale"), str):
-            explicit = body["locale"]
+    if explicit is None:
+        explicit = g.get("body_locale")
     return (normalize_locale(explicit)
             or request.accept_languages.best_match(["en", "es"]) or "en")
 
@@ -50,8 +47,30 @@ def error_object(code: str, locale: str) -> dict[str, Any]:
             "retriable": bool(kind and kind.retriable)}
 
 
+# Sent when building an answer failed itself: fixed bytes, built at import.
+_LAST_RESORT = json.dumps({"error": {
+    "code": "internal.error", "messageKey": message_key("internal.error"),
+    "message": translate("internal.error", "en"), "retriable": True,
+    "correlationId": None}}).encode()
+
+
+def last_resort_response() -> Response:
+    response = Response(_LAST_RESORT, status=500, mimetype="application/json")
+    response.headers["X-Request-ID"] = g.get("correlation_id", "")
+    return response
+
+
 def error_response(code: str, status: int | None = None, *, retry_after: int | None = None,
                    details: Any = None) -> Response:
+    try:
+        return _error_response(code, status, retry_after=retry_after, details=details)
+    except Exception:
+        log.exception("building the error answer failed")
+        return last_resort_response()
+
+
+def _error_response(code: str, status: int | None, *, retry_after: int | None,
+                    details: Any) -> Response:
     body = error_object(code, request_locale())
     body["correlationId"] = g.get("correlation_id")
     if details is not None:
@@ -69,7 +88,7 @@ def register_error_handlers(app: Flask) -> None:
     def _app_error(exc: AppError) -> Response:
         if exc.detail:
             log.info("request failed: %s (%s)", exc.code, exc.detail)
-        return error_response(exc.code, retry_after=exc.retry_after)
+        return error_response(exc.code, retry_after=exc.retry_after, details=exc.fields)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
@@ -97,6 +116,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(StorageUnavailable)
     @app.errorhandler(RedisError)
     @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeoutError)  # no free pooled connection: not an OperationalError
     def _dependency_down(exc: Exception) -> Response:
         log.warning("dependency unavailable: %s", type(exc).__name__)
         return error_response("service.unavailable", retry_after=5)

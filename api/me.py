@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import fields
 
+from api.boundary import Blueprint
 from api.context import app_services, current_user_id
 from api.examples import EXAMPLES
 from api.schemas import BaseSchema

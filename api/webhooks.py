@@ -12,13 +12,14 @@ from typing import Any
 
 from flask import request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 from marshmallow import INCLUDE, Schema, fields
 
+from api.boundary import Blueprint, refuse_json
 from api.context import app_services
 from api.schemas import BaseSchema
 from shared.core.errors import AppError
 from shared.core.task_names import COMPLETE_TRYON
+from shared.core.untrusted_json import UnsafeJson
 from shared.fal.webhooks import (
     TIMESTAMP_TOLERANCE_SECONDS,
     VerifierUnavailable,
@@ -93,6 +94,8 @@ class FalWebhook(MethodView):
         except WebhookRejected as exc:
             log.warning("fal webhook refused: %s", exc.reason)
             raise AppError("webhook.invalid") from None
+        except UnsafeJson as exc:  # signed by fal, yet past our limits
+            refuse_json(exc)
         if not services.svc.dispatch(COMPLETE_TRYON, job_id, attempt, completion.as_task_args()):
             raise AppError("service.unavailable", retry_after=30)
         return {"received": True}

@@ -208,3 +208,16 @@ class ErasureRequest(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
 
     __table_args__ = (Index("ix_erasure_status_lease", "status", "lease_until"),)
+
+
+class DailyQuota(Base):
+    """A user's use of one daily quota (`kind`: presign, tryon): a fixed 24 h window
+    from the first use. Counted in the transaction that writes what it pays for, so
+    a request that fails rolls its charge back with its row (shared/access/daily_quota.py)."""
+
+    __tablename__ = "daily_quotas"
+
+    user_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    used: Mapped[int] = mapped_column(Integer, nullable=False)

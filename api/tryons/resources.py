@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, g, jsonify, request
+from flask import Response, g, jsonify
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
+from api.boundary import Blueprint, idempotency_key
 from api.context import app_services, current_user_id, list_endpoint, listed
 from api.errors import error_object, request_locale
 from api.tryons.schemas import (
@@ -87,11 +87,11 @@ class TryOnCollection(MethodView):
                                key=body["key"], hairstyle_id=body["hairstyleId"],
                                prompt=body["prompt"], locale=body["locale"] or request_locale(),
                                idempotency_key=key,
-                               charge=lambda: services.quotas.consume_tryon(user_id))
+                               daily_limit=services.quotas.limits.tryon_daily.amount)
             return Replay(202, TryOnSchema().dump(job_view(job)))
 
-        answer = services.svc.idempotency.once(user_id, request.headers.get("Idempotency-Key"),
-                                               body, start, _without_urls)
+        answer = services.svc.idempotency.once(user_id, idempotency_key(), body, start,
+                                               _without_urls)
         return _json_response(answer.body, answer.status)
 
     @list_endpoint(blp, TryOnListArgsSchema, TryOnListSchema)

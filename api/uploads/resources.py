@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
+from api.boundary import Blueprint
 from api.context import app_services, current_user_id, list_endpoint, listed
 from api.errors import error_object, request_locale
 from api.uploads.schemas import (
@@ -42,7 +42,7 @@ class Presign(MethodView):
         user_id = current_user_id()
         issued = uploads.presign(app_services().svc, user_id, content_type=body["contentType"],
                                  content_length=body["contentLength"], checksum=body["checksum"],
-                                 charge=lambda: app_services().quotas.consume_presign(user_id))
+                                 daily_limit=app_services().quotas.limits.presign_daily.amount)
         return {"uploadId": issued.upload.id, "key": issued.upload.key,
                 "uploadUrl": issued.put.url, "method": "PUT", "headers": issued.put.headers,
                 "expiresAt": issued.upload.url_expires_at, "maxBytes": issued.max_bytes}

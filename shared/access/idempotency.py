@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from shared.core.errors import AppError
+from shared.core.timeouts import bounded_redis
 
 TTL_SECONDS = 24 * 3600
 PENDING_TTL_SECONDS = 60
@@ -34,9 +33,9 @@ def fingerprint(payload: dict[str, Any]) -> str:
 
 
 class IdempotencyStore:
-    def __init__(self, redis_url: str, namespace: str = "hf") -> None:
-        self._redis = redis.Redis.from_url(redis_url, socket_timeout=2,
-                                           socket_connect_timeout=2)
+    def __init__(self, redis_url: str, namespace: str = "hf", *,
+                 redis_timeout: float = 2.0) -> None:
+        self._redis = bounded_redis(redis_url, redis_timeout)  # REDIS_TIMEOUT_SECONDS
         self._namespace = namespace
 
     def _key(self, user_id: str, key: str) -> str:
@@ -52,7 +51,9 @@ class IdempotencyStore:
         releases its key, so the client may retry with it."""
         if not key:
             return respond(None)
-        key = key[:MAX_KEY_LENGTH]
+        if len(key) > MAX_KEY_LENGTH:
+            # Never truncated: two long keys sharing a prefix are two requests.
+            raise AppError("request.invalid", detail="idempotency key too long")
         print_ = fingerprint(request)
         replay = self.begin(user_id, key, print_)
         if replay is not None:

@@ -1,10 +1,13 @@
-"""Quotas and rate limits counted in Redis, through the `limits` library.
+"""Rate limits counted in Redis, through the `limits` library, and the daily quotas'
+sizes.
 
-- Per-user daily presign quota: a fixed 24 h window that starts at the user's
-  first presign (the counter's key expires with it).
 - Per-user and per-IP request rates: moving windows, so "20 per 2 seconds" allows
-  bursts of 20 at an average of 10/s.
-Each check costs one Redis round trip (a Lua script inside `limits`).
+  bursts of 20 at an average of 10/s. Each check costs one Redis round trip (a Lua
+  script inside `limits`). A rate hit is spent even if the request fails: it counts
+  requests, not work.
+- The daily presign and try-on quotas are stated here (`limits`) but counted in the
+  database, in the transaction that writes what they pay for
+  (shared/access/daily_quota.py): a request that fails is not charged.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from limits.storage import RedisStorage
 from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
 
 from shared.core.errors import AppError
+from shared.core.timeouts import redis_options
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,12 @@ class Limits:
 
 class QuotaService:
     def __init__(self, redis_url: str, *, presign_daily: int, user_rate: str, ip_rate: str,
-                 tryon_daily: int = 20, namespace: str = "hf") -> None:
+                 tryon_daily: int = 20, namespace: str = "hf",
+                 redis_timeout: float = 2.0) -> None:
         self.redis_url, self.namespace = redis_url, namespace
+        self.redis_timeout = redis_timeout  # REDIS_TIMEOUT_SECONDS: each command's worst case
         storage = RedisStorage(redis_url, key_prefix=f"{namespace}:limits",
-                               socket_timeout=2, socket_connect_timeout=2)
+                               **redis_options(redis_timeout))
         self._fixed = FixedWindowRateLimiter(storage)
         self._moving = MovingWindowRateLimiter(storage)
         self.limits = Limits(parse(f"{presign_daily}/day"), parse(user_rate), parse(ip_rate),
@@ -44,13 +50,6 @@ class QuotaService:
 
     def check_user_rate(self, user_id: str) -> None:
         self._hit(self._moving, self.limits.user_rate, "rate.limited", "user", user_id)
-
-    def consume_presign(self, user_id: str) -> None:
-        self._hit(self._fixed, self.limits.presign_daily, "quota.exceeded", "presign", user_id)
-
-    def consume_tryon(self, user_id: str) -> None:
-        """Each try-on is a paid fal call: a daily quota per user."""
-        self._hit(self._fixed, self.limits.tryon_daily, "quota.exceeded", "tryon", user_id)
 
     def _hit(self, limiter: FixedWindowRateLimiter | MovingWindowRateLimiter,
              item: RateLimitItem, code: str, *identifiers: str) -> None:

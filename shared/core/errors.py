@@ -69,7 +69,8 @@ ERROR_KINDS: dict[str, ErrorKind] = {
 class AppError(Exception):
     """A failure the client is told about, by code."""
 
-    def __init__(self, code: str, *, retry_after: int | None = None, detail: str = "") -> None:
+    def __init__(self, code: str, *, retry_after: int | None = None, detail: str = "",
+                 fields: dict[str, dict[str, list[str]]] | None = None) -> None:
         if code not in ERROR_KINDS:
             raise KeyError(f"unknown error code {code!r}")
         super().__init__(code)
@@ -77,6 +78,9 @@ class AppError(Exception):
         self.retry_after = retry_after
         # For logs only; never shown to the client (may name internals).
         self.detail = detail
+        # Shown to the client as `details`, as webargs shows schema errors: where
+        # (json, query, headers) -> field -> messages. Names and classes, never values.
+        self.fields = fields
 
     @property
     def kind(self) -> ErrorKind:

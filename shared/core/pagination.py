@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.core import untrusted_json
 from shared.core.errors import AppError
 
 MAX_PAGE = 100
@@ -51,6 +51,7 @@ def page(sessions: sessionmaker[Session], model: Any, query: Select[Any], *, lim
 _CURSOR = re.compile("[0-9]{1,17}\\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 CURSOR_PATTERN = f"^({_CURSOR.pattern})?$"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST = datetime(9999, 12, 31, tzinfo=UTC)  # a day of margin below datetime.max
 
 
 def encode_cursor(created_at: datetime, row_id: str) -> str:
@@ -68,11 +69,16 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         return _EPOCH + timedelta(microseconds=int(micros)), row_id
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_text, row_id = json.loads(raw)
+        created_text, row_id = untrusted_json.parse(raw)
         created = datetime.fromisoformat(created_text)
-    except (ValueError, TypeError, binascii.Error, RecursionError):
+        if created.tzinfo is None:
+            raise ValueError("naive")  # astimezone would take it as the server's time
+        # Range-checked in UTC, where it is compared: `9999-12-31T23:59:59-14:00` is
+        # past the largest datetime once converted (OverflowError).
+        created = created.astimezone(UTC)
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         raise AppError("request.invalid", detail="bad cursor") from None
-    if created.tzinfo is None or not isinstance(row_id, str) or not is_uuid(row_id):
+    if not _EPOCH <= created <= _LAST or not isinstance(row_id, str) or not is_uuid(row_id):
         raise AppError("request.invalid", detail="bad cursor")
     return created, row_id
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from shared.core.jwks import Fetch, JwksCache, KeysUnavailable, http_fetch
+from shared.core.pagination import is_uuid
+from shared.core.untrusted_json import parse
 from shared.fal.completions import Completion, completion_from_webhook
 
 TIMESTAMP_TOLERANCE_SECONDS = 300
@@ -32,6 +34,11 @@ JWKS_CACHE_SECONDS = 24 * 3600
 # After a signature fails against the cached keys, fetch the set again at most this
 # often (fal may have rotated its keys; a forger must not make us hammer the JWKS).
 JWKS_REFRESH_INTERVAL_SECONDS = 60
+# What the URL and headers may carry, checked before any use: an attempt number
+# (jobs make at most a handful) and Unix seconds. int() alone takes "+1", " 1",
+# Arabic-Indic digits and 4,300-digit numbers that overflow a float comparison.
+_ATTEMPT = re.compile("[0-9]{1,6}")
+_UNIX_SECONDS = re.compile("[0-9]{1,12}")
 
 
 class WebhookRejected(Exception):
@@ -79,10 +86,9 @@ class FalWebhookVerifier:
 
     def verify(self, delivery: SignedDelivery, now: float | None = None) -> None:
         now = time.time() if now is None else now
-        try:
-            timestamp = int(delivery.timestamp)
-        except ValueError:
-            raise WebhookRejected("timestamp") from None
+        if not _UNIX_SECONDS.fullmatch(delivery.timestamp):
+            raise WebhookRejected("timestamp")
+        timestamp = int(delivery.timestamp)
         if abs(now - timestamp) > TIMESTAMP_TOLERANCE_SECONDS:
             raise WebhookRejected("stale timestamp")
         try:
@@ -131,12 +137,14 @@ def accept_delivery(verifier: FalWebhookVerifier, secret: str, query: Mapping[st
     Checked twice: our HMAC job token in the URL (which job and attempt this is), and
     fal's Ed25519 signature (that fal sent it, recently). WebhookRejected if either
     fails or the body is not a JSON object; VerifierUnavailable if fal's keys cannot
-    be fetched now."""
-    job_id = query.get("job", "")
-    try:
-        attempt = int(query.get("attempt", ""))
-    except ValueError:
-        raise WebhookRejected("attempt") from None
+    be fetched now. After both checks the body is parsed with our limits
+    (shared/core/untrusted_json.py): UnsafeJson propagates."""
+    job_id, attempt_text = query.get("job", ""), query.get("attempt", "")
+    if not is_uuid(job_id):
+        raise WebhookRejected("job")
+    if not _ATTEMPT.fullmatch(attempt_text):
+        raise WebhookRejected("attempt")
+    attempt = int(attempt_text)
     check_job_token(secret, job_id, attempt, query.get("token", ""))
     signed_request_id = headers.get("X-Fal-Webhook-Request-Id", "")
     verifier.verify(SignedDelivery(
@@ -145,10 +153,7 @@ def accept_delivery(verifier: FalWebhookVerifier, secret: str, query: Mapping[st
         timestamp=headers.get("X-Fal-Webhook-Timestamp", ""),
         signature_hex=headers.get("X-Fal-Webhook-Signature", ""),
         body=body))
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        raise WebhookRejected("body") from None
+    parsed = parse(body)
     if not isinstance(parsed, dict):
         raise WebhookRejected("body")
     # The request id is the signed header's (fal does not promise that a body field

@@ -22,6 +22,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, func, or_, select, update
 
+from shared.access import daily_quota
 from shared.core import audit, metrics
 from shared.core.db import updated_rows
 from shared.core.leases import LeaseKeeper
@@ -74,6 +75,7 @@ def erase(svc: Services, erasure_id: str, *, owner: str) -> str:
                 ErasureRequest.status == ErasureStatus.RUNNING).values(
                 status=ErasureStatus.DONE, completed_at=now, updated_at=now, lease_owner=None,
                 lease_until=None, last_error=None, counts=counts)):
+            daily_quota.forget(session, erasure.user_id)  # a user id, like the rest
             audit.record(session, at=now, user_id=erasure.user_id, action="user.erased",
                          subject_type="user", subject_id=erasure.user_id,
                          erasure_id=erasure_id, **counts)

@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
+from shared.access import daily_quota
 from shared.core.db import updated_rows
 from shared.models import TryOn
 from shared.services import Services
@@ -23,11 +25,23 @@ def result_deadline(svc: Services, now: datetime) -> datetime:
 
 
 def release_idempotency_keys(svc: Services) -> int:
-    """Keys are kept 24 h; after that the same key may start a new job."""
+    """Keys are kept 24 h; after that the same key may start a new job. Also ends
+    the daily quota counters whose window is over (they are a user id kept for
+    nothing once they count nothing)."""
+    now = svc.clock()
     with svc.sessions.begin() as session:
+        daily_quota.delete_ended_windows(session, now)
         return updated_rows(session, update(TryOn).where(
             TryOn.idempotency_key.is_not(None),
-            TryOn.created_at < svc.clock() - IDEMPOTENCY_WINDOW).values(idempotency_key=None))
+            TryOn.created_at < now - IDEMPOTENCY_WINDOW).values(idempotency_key=None))
+
+
+def release_expired_key(session: Session, user_id: str, key_hash: str, now: datetime) -> None:
+    """The user's key, if its window ended and the beat has not released it yet:
+    the new job may take it (the unique index would refuse it otherwise)."""
+    session.execute(update(TryOn).where(
+        TryOn.user_id == user_id, TryOn.idempotency_key == key_hash,
+        TryOn.created_at < now - IDEMPOTENCY_WINDOW).values(idempotency_key=None))
 
 
 def delete_expired_results(svc: Services) -> int:

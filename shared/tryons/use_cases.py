@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import case, literal, select, update
 from sqlalchemy.exc import IntegrityError
 
+from shared.access import daily_quota
 from shared.access.erasure_lock import refuse_while_erasing
 from shared.core import audit
 from shared.core.db import updated_rows
@@ -28,7 +28,7 @@ from shared.services import Services
 from shared.storage.keys import parse_raw_key
 from shared.tryons.hairstyles import catalogue, compose_prompt
 from shared.tryons.removal import erase_job
-from shared.tryons.retention import IDEMPOTENCY_WINDOW, result_deadline
+from shared.tryons.retention import IDEMPOTENCY_WINDOW, release_expired_key, result_deadline
 from shared.tryons.state import sync_tags_quietly
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,13 @@ log = logging.getLogger(__name__)
 
 def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None,
           hairstyle_id: str, prompt: str | None, locale: str,
-          idempotency_key: str | None = None, charge: Callable[[], None] | None = None) -> TryOn:
+          idempotency_key: str | None = None, daily_limit: int | None = None) -> TryOn:
     """Commit the job, then send it; a broker outage leaves it for the reconciler.
 
-    `charge` (the daily quota) runs only once the request is known to be valid.
+    The daily quota (`daily_limit` try-ons) is counted in the transaction that
+    commits the job: a refused request, or one whose write fails, costs nothing.
     With an `idempotency_key` (hashed), a second job for the same key is never
-    created: the existing one is returned.
+    created within its window: the existing one is returned.
     """
     if hairstyle_id not in catalogue():
         raise AppError("tryon.unknown_hairstyle")
@@ -67,8 +68,11 @@ def start(svc: Services, user_id: str, *, upload_id: str | None, key: str | None
     try:
         with svc.sessions.begin() as session:
             refuse_while_erasing(session, user_id)
-            if charge is not None:
-                charge()
+            if key_hash:
+                release_expired_key(session, user_id, key_hash, now)
+            if daily_limit is not None:
+                daily_quota.consume(session, user_id=user_id, kind=daily_quota.TRYON,
+                                    limit=daily_limit, now=now)
             session.add(job)
             audit.record(session, at=now, user_id=user_id, action="tryon.created",
                          subject_type="try_on", subject_id=job.id, upload_id=upload.id,

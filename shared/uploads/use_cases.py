@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import insert, select, update
 
+from shared.access import daily_quota
 from shared.access.erasure_lock import refuse_while_erasing
 from shared.core import audit, metrics
 from shared.core.db import updated_rows
@@ -42,11 +43,12 @@ class IssuedUpload:
 
 
 def presign(svc: Services, user_id: str, *, content_type: str, content_length: int,
-            checksum: str | None, charge: Callable[[], None] | None = None) -> IssuedUpload:
+            checksum: str | None, daily_limit: int | None = None) -> IssuedUpload:
     """Record the issuance, then sign a single-use PUT for exactly these bytes.
 
-    `charge` (the daily quota) runs only for a request that will be issued: a bad
-    one, or one refused during an erasure, costs nothing."""
+    The daily quota (`daily_limit` presigns) is counted in the transaction that
+    records the issuance: a bad request, one refused during an erasure, or one whose
+    write fails costs nothing."""
     s = svc.settings
     if content_type not in EXTENSIONS:
         raise AppError("upload.unsupported_type")
@@ -72,8 +74,9 @@ def presign(svc: Services, user_id: str, *, content_type: str, content_length: i
     # of the API, and the ORM's unit of work costs more than the insert itself.
     with svc.engine.begin() as conn:
         refuse_while_erasing(conn, user_id)
-        if charge is not None:
-            charge()
+        if daily_limit is not None:
+            daily_quota.consume(conn, user_id=user_id, kind=daily_quota.PRESIGN,
+                                limit=daily_limit, now=now)
         conn.execute(insert(Upload).values(**row))
         audit.record(conn, at=now, user_id=user_id, action="upload.issued",
                      subject_type="upload", subject_id=upload_id,

@@ -41,6 +41,10 @@ def b64(value: object) -> str:
     b64([START.replace(tzinfo=None).isoformat(), ROW]),  # naive
     b64([START.isoformat(), 42]), b64([START.isoformat(), "not-a-uuid"]),
     b64([START.isoformat(), ROW.upper()]), "[" * 5000,
+    # Timestamps that overflow once in UTC, or lie outside what a row can have.
+    b64(["9999-12-31T23:59:59-14:00", ROW]), b64(["0001-01-01T00:00:00+14:00", ROW]),
+    b64(["1969-12-31T23:59:59+00:00", ROW]), b64([{"a": 1}, ROW]),
+    base64.urlsafe_b64encode(b"[" * 3000 + b"]" * 3000).decode(),
 ])
 def test_anything_else_is_a_bad_request(cursor: str):
     with pytest.raises(AppError) as error:

@@ -22,7 +22,7 @@ def test_the_migrated_sqlite_schema_matches_the_models(migrated_sqlite: Path):
         version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
     engine.dispose()
     assert diffs == []
-    assert version == "0004"
+    assert version == "0006"
 
 
 def test_down_and_up_again_on_sqlite(tmp_path: Path):

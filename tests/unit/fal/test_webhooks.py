@@ -7,12 +7,14 @@ import base64
 import hashlib
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from shared.core.untrusted_json import UnsafeJson
 from shared.fal.completions import Completion
 from shared.fal.webhooks import (
     JWKS_REFRESH_INTERVAL_SECONDS,
@@ -107,7 +109,11 @@ def test_deliveries_that_are_not_ours_or_not_fal_s_are_rejected():
     query, headers = delivery(key, OK_BODY)
     assert rejection(verifier, {**query, "attempt": "x"}, headers, OK_BODY) == "attempt"
     assert rejection(verifier, {**query, "attempt": "2"}, headers, OK_BODY) == "job token"
-    assert rejection(verifier, {**query, "job": "other"}, headers, OK_BODY) == "job token"
+    assert rejection(verifier, {**query, "job": "other"}, headers, OK_BODY) == "job"
+    # Range-checked before use: int() would take these, or overflow on them.
+    for attempt in ("+1", " 1", "\u0661", "1" * 5000, "-1", "1_0"):
+        assert rejection(verifier, {**query, "attempt": attempt}, headers, OK_BODY) == "attempt"
+    assert rejection(verifier, {**query, "job": str(uuid.uuid4())}, headers, OK_BODY) == "job token"
     assert rejection(verifier, {k: v for k, v in query.items() if k != "token"}, headers,
                      OK_BODY) == "job token"
     assert keys.fetches == 0  # refused on our token, before fal's keys are asked for
@@ -122,8 +128,24 @@ def test_deliveries_that_are_not_ours_or_not_fal_s_are_rejected():
     assert rejection(verifier, *forged, OK_BODY) == "signature"
     for ts in (int(time.time()) - 301, int(time.time()) + 301):
         assert rejection(verifier, *delivery(key, OK_BODY, ts=ts), OK_BODY) == "stale timestamp"
-    for body in (b"not json", b"[1, 2]"):
-        assert rejection(verifier, *delivery(key, body), body) == "body"
+    assert rejection(verifier, *delivery(key, b"[1, 2]"), b"[1, 2]") == "body"
+    for huge in ("9" * 5000, "1" + "0" * 400):  # float(now) - int(...) overflowed
+        assert rejection(verifier, query, {**headers, "X-Fal-Webhook-Timestamp": huge},
+                         OK_BODY) == "timestamp"
+    assert keys.fetches == 1
+
+
+@pytest.mark.parametrize("body", [
+    b"not json", b"\xff\xfe", b"[" * 3000 + b"]" * 3000, b'{"a": 1, "a": 2}', b'{"x": NaN}',
+    b'{"x": 1e999}', b'{"x": ' + b"9" * 5000 + b"}", b'{"error": "\\u0000"}',
+    b'{"error": "\\ud800"}'])
+def test_a_signed_body_past_our_limits_is_refused_after_verification(body):
+    """fal's signature holds, yet the body breaks a limit: UnsafeJson (422/400 at the
+    API), never a RecursionError or a ValueError deep in the completion code."""
+    key = Ed25519PrivateKey.generate()
+    verifier, _ = verifier_for(FalKeys(key))
+    with pytest.raises(UnsafeJson):
+        accept_delivery(verifier, SECRET, *delivery(key, body), body)
     with pytest.raises(WebhookRejected, match="not configured"):
         accept_delivery(verifier, "", *delivery(key, OK_BODY, token=job_token("", JOB, 1)),
                         OK_BODY)

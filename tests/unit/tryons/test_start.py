@@ -9,7 +9,7 @@ import pytest
 
 from shared.core.errors import AppError
 from shared.core.task_names import RUN_TRYON
-from shared.models import JobStatus
+from shared.models import DailyQuota, JobStatus
 from shared.privacy.erasure_requests import request_erasure
 from shared.tryons import use_cases as tryons
 from shared.tryons.reconcile import QUEUED_GRACE, reconcile
@@ -30,12 +30,17 @@ def code_of(call) -> str:  # type: ignore[no-untyped-def]
         call()
     return error.value.code
 
+def quota_used(harness: Harness, user: str, kind: str) -> int:
+    """What the user's daily quota counter holds (0: never charged)."""
+    with harness.svc.sessions() as session:
+        row = session.get(DailyQuota, (user, kind))
+    return row.used if row is not None else 0
+
 
 def test_start_commits_the_job_then_sends_it(harness: Harness):
     upload = harness.ready_upload()
-    charged: list[int] = []
     job = start(harness, upload_id=upload.id, prompt="a little shorter", locale="es",
-                charge=lambda: charged.append(1))
+                daily_limit=5)
     row = harness.job(job.id)
     assert row is not None
     assert (row.status, row.user_id, row.upload_id, row.hairstyle_id, row.user_prompt,
@@ -43,7 +48,7 @@ def test_start_commits_the_job_then_sends_it(harness: Harness):
         JobStatus.QUEUED, "alice", upload.id, "bob", "a little shorter", "es", 0, START)
     assert [(s.task, s.args, s.countdown) for s in harness.dispatch.sent] == [
         (RUN_TRYON, (job.id,), None)]
-    assert charged == [1]
+    assert quota_used(harness, "alice", "tryon") == 1
     assert harness.audit(job.id) == ["tryon.created"]
 
 
@@ -65,7 +70,6 @@ def test_what_may_not_start(harness: Harness):
     deleted = harness.ready_upload("alice", "coffee.jpg")
     uploads.delete(harness.svc, "alice", deleted.id)
     harness.dispatch.take()
-    charged: list[int] = []
     for kwargs, code in (
             ({"upload_id": ready.id, "hairstyle_id": "mohawk"}, "tryon.unknown_hairstyle"),
             ({"upload_id": pending.upload.id}, "upload.not_ready"),
@@ -75,10 +79,10 @@ def test_what_may_not_start(harness: Harness):
             ({}, "request.invalid"),
             ({"key": "uploads/bob/x.jpg"}, "upload.forbidden_key"),
             ({"key": ready.key.replace("alice", "bob")}, "upload.forbidden_key")):
-        assert code_of(lambda k=kwargs: start(harness, charge=lambda: charged.append(1), **k)
+        assert code_of(lambda k=kwargs: start(harness, daily_limit=5, **k)
                        ) == code, kwargs
     assert code_of(lambda: start(harness, "bob", upload_id=ready.id)) == "upload.not_found"
-    assert charged == [] and harness.dispatch.sent == []
+    assert quota_used(harness, "alice", "tryon") == 0 and harness.dispatch.sent == []
 
 
 def test_one_job_per_idempotency_key_for_a_day(harness: Harness):
@@ -99,10 +103,9 @@ def test_start_is_refused_while_erasing(harness: Harness):
     upload = harness.ready_upload()
     request_erasure(harness.svc, "alice")
     harness.dispatch.take()
-    charged: list[int] = []
-    assert code_of(lambda: start(harness, upload_id=upload.id, charge=lambda: charged.append(1))
+    assert code_of(lambda: start(harness, upload_id=upload.id, daily_limit=5)
                    ) == "user.erasure_in_progress"
-    assert charged == [] and harness.dispatch.sent == []
+    assert quota_used(harness, "alice", "tryon") == 0 and harness.dispatch.sent == []
 
 
 def test_a_job_whose_message_was_lost_is_sent_by_the_reconciler(harness: Harness):

@@ -9,7 +9,7 @@ import pytest
 
 from shared.core.errors import AppError
 from shared.core.task_names import VALIDATE_UPLOAD
-from shared.models import UploadStatus
+from shared.models import DailyQuota, UploadStatus
 from shared.privacy.erasure_requests import request_erasure
 from shared.storage.base import sha256_b64
 from shared.storage.keys import sanitized_key
@@ -23,14 +23,19 @@ def code_of(call) -> str:  # type: ignore[no-untyped-def]
         call()
     return error.value.code
 
+def quota_used(harness: Harness, user: str, kind: str) -> int:
+    """What the user's daily quota counter holds (0: never charged)."""
+    with harness.svc.sessions() as session:
+        row = session.get(DailyQuota, (user, kind))
+    return row.used if row is not None else 0
+
 
 def test_presign_records_the_issuance_then_signs_for_exactly_these_bytes(harness: Harness):
-    charged: list[int] = []
     data = fixture_bytes("astronaut.jpg")
     issued = uploads.presign(harness.svc, "alice", content_type="image/jpeg",
                              content_length=len(data), checksum=sha256_b64(data),
-                             charge=lambda: charged.append(1))
-    assert charged == [1]
+                             daily_limit=5)
+    assert quota_used(harness, "alice", "presign") == 1
     row = harness.upload(issued.upload.id)
     s = harness.svc.settings
     assert (row.status, row.user_id, row.key, row.declared_size, row.declared_checksum) == (
@@ -54,23 +59,21 @@ def test_presign_records_the_issuance_then_signs_for_exactly_these_bytes(harness
 ])
 def test_bad_presigns_cost_nothing_and_record_nothing(harness: Harness, content_type, length,
                                                       checksum, code):
-    charged: list[int] = []
     assert code_of(lambda: uploads.presign(
         harness.svc, "alice", content_type=content_type, content_length=length,
-        checksum=checksum, charge=lambda: charged.append(1))) == code
-    assert charged == []
+        checksum=checksum, daily_limit=5)) == code
+    assert quota_used(harness, "alice", "presign") == 0
     assert uploads.list_for_user(harness.svc, "alice", limit=10, cursor=None,
                                  status=None).items == []
 
 
 def test_presign_is_refused_while_the_user_is_being_erased(harness: Harness):
     request_erasure(harness.svc, "alice")
-    charged: list[int] = []
     assert code_of(lambda: uploads.presign(harness.svc, "alice", content_type="image/jpeg",
                                            content_length=10, checksum=None,
-                                           charge=lambda: charged.append(1))
+                                           daily_limit=5)
                    ) == "user.erasure_in_progress"
-    assert charged == []
+    assert quota_used(harness, "alice", "presign") == 0
     uploads.presign(harness.svc, "bob", content_type="image/jpeg", content_length=10,
                     checksum=None)  # others are not affected
 

@@ -48,10 +48,11 @@ RESULT_UNUSED = "tryon.result_unused"
 
 @dataclass(frozen=True)
 class _Finished:
-    """What `_succeed` replaced: the double it revealed (a `cause`, or None) and the
-    request of a later attempt still at fal, to cancel."""
+    """What `_succeed` replaced: the doubles it revealed (how many, and their `cause`)
+    and the request of a later attempt still at fal, to cancel."""
 
-    double: str | None
+    doubles: int
+    cause: str
     cancel: str | None
 
 
@@ -101,8 +102,8 @@ def complete(svc: Services, job_id: str, attempt: int, completion: Completion) -
         # Another finalizer (or a deletion) came first: this result is not used.
         _result_after_the_end(svc, job_id, attempt, request_id)
         return []
-    if finished.double:
-        metrics.FAL_DOUBLE_SUBMISSIONS.labels(cause=finished.double).inc()
+    if finished.doubles:
+        metrics.FAL_DOUBLE_SUBMISSIONS.labels(cause=finished.cause).inc(finished.doubles)
     if finished.cancel:
         # A submission presumed lost finished after all: the later one is not needed.
         cancel_quietly(svc.fal, finished.cancel)
@@ -119,7 +120,7 @@ def _succeed(svc: Services, job_id: str, attempt: int, rendered: results.Rendere
             .one_or_none()
         if job is None or job.status not in JobStatus.IN_FLIGHT or attempt > job.attempt:
             return None
-        finished = _replaced(job, attempt)
+        finished = _replaced(session, job, attempt)
         # The retention deadline counts from before the objects were written, so the
         # bucket's lifecycle (which counts from their creation) never comes first.
         stored_at = svc.clock()
@@ -191,17 +192,23 @@ def _failure_of(svc: Services, request_id: str, error_type: str | None) -> FalFa
     return classify_completion_error(error_type)
 
 
-def _replaced(job: TryOn, attempt: int) -> _Finished:
-    """What taking attempt `attempt`'s result does to the job as locked: a later
-    attempt was submitted (it is at fal, being sent, or failed and waits for its
-    retry) while this one, presumed lost, ran: a double."""
+def _replaced(session: Session, job: TryOn, attempt: int) -> _Finished:
+    """What taking attempt `attempt`'s result does to the job as locked. Every later
+    attempt fal accepted (its `tryon.invoked` event) ran beside this one, presumed
+    lost: a double each; so does one being sent or in doubt right now (it may have
+    been accepted). A later attempt refused at submit cost nothing and is not counted."""
+    cause = SUPERSEDED_IN_BACKOFF if job.status == JobStatus.QUEUED else SUPERSEDED_FINISHED
     if attempt == job.attempt:
-        return _Finished(None, None)  # the current submission, or the one backoff would repeat
-    if job.status == JobStatus.QUEUED:
-        return _Finished(SUPERSEDED_IN_BACKOFF, None)
-    # Unknown yet while the later claimant sends it: its record then fails and it
-    # cancels what it submitted (submission._submission_orphaned).
-    return _Finished(SUPERSEDED_FINISHED, job.fal_request_id)
+        return _Finished(0, cause, None)  # the current submission, or the one backoff repeats
+    accepted = {int(e.details.get("attempt") or 0) for e in _trail(session, job.id)
+                if e.action == "tryon.invoked"}
+    doubles = sum(1 for n in accepted if attempt < n <= job.attempt)
+    if job.status == JobStatus.PROCESSING and job.fal_request_id is None:
+        # Being sent (or in doubt): once the job is done its claimant's record fails
+        # and it cancels what it submitted (submission._submission_orphaned).
+        doubles += 1
+    cancel = job.fal_request_id if job.status == JobStatus.PROCESSING else None
+    return _Finished(doubles, cause, cancel)
 
 
 def _result_after_the_end(svc: Services, job_id: str, attempt: int,

@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from devstack.procs import wait_until
 from shared.models import TryOn
-from shared.tryons import reconcile, state, submission
+from shared.tryons import completion, reconcile, state, submission
 from tests.conftest import WorkerDied, fixture_bytes, shift_clock
 from tests.integration.test_tryons import (
     job_row,
@@ -204,6 +204,39 @@ def test_a_superseded_submission_that_finishes_after_all_is_taken_and_the_other_
     # canceled right after the commit, while the webhook's request finishes
     assert wait_until(lambda: emulator.stats()["requests"][second]["cancel_requested"], 5)
     assert counter("fal_double_submissions_total", cause="superseded_finished") == doubles + 1
+
+
+def test_an_earlier_attempts_success_while_the_job_waits_in_backoff_finishes_it(
+        client, auth, svc, dispatch, emulator, live_api):
+    """Attempt 1 was accepted but its answer lost; attempt 2 ran and failed at fal.
+    While the job waits to retry, attempt 1's webhook reports its result: the job
+    takes it, the retry submits nothing, and the double is counted (issue 15)."""
+    emulator.configure(webhook_mode="late", webhook_late_seconds=4)
+    svc.fal = DyingGateway(svc.fal)
+    doubles = counter("fal_double_submissions_total", cause="superseded_in_backoff")
+    job_id = queued_job(client, auth, dispatch, "vic")
+    die_in_run(svc, job_id)
+    first = next(iter(emulator.stats()["requests"]))
+    emulator.configure(job_faults=["error_internal"])  # the second submission fails at fal
+    shift_clock(svc, svc.settings.fal_in_doubt_seconds + 1)
+    submission.run(svc, job_id)  # takeover: attempt 2
+    second = job_row(svc, job_id).fal_request_id
+    assert second and second != first
+    assert wait_until(lambda: emulator.stats()["requests"][second]["completed_at"], 5)
+    # Its failure is learnt by a status check (its webhook comes late too); the retry
+    # is scheduled with its backoff and held here until attempt 1's webhook came.
+    state.send(svc, completion.poll(svc, job_id, 2, reschedule=False))
+    job = job_row(svc, job_id)
+    assert (job.status, job.attempt, job.fal_request_id) == ("queued", 2, None)
+    retries = [(name, args) for _, name, args in dispatch.scheduled if name == "tryons.run"]
+    assert retries
+    assert wait_until(lambda: job_row(svc, job_id).status != "queued", 10)
+    job = job_row(svc, job_id)
+    assert (job.status, job.attempt, job.fal_request_id) == ("succeeded", 2, first)
+    for name, args in retries:
+        dispatch.run_task(name, *args)  # the retry, due now, finds the job done
+    assert emulator.stats()["enqueued"] == 2  # no third submission
+    assert counter("fal_double_submissions_total", cause="superseded_in_backoff") == doubles + 1
 
 
 def test_every_submission_carries_the_time_left_as_start_timeout(client, auth, svc, dispatch,

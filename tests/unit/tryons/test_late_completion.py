@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from shared.core.task_names import COMPLETE_TRYON, RUN_TRYON
 from shared.fal.completions import Completion
-from shared.fal.gateway import FalFailure
+from shared.fal.gateway import FalFailure, classify_http
 from shared.models import JobStatus
 from shared.tryons import completion, submission
 from shared.tryons.removal import erase_job
@@ -175,7 +175,29 @@ def test_a_retry_claimed_while_the_late_result_was_fetched_is_canceled(harness: 
     row = harness.job(job_id)
     assert (row.status, row.attempt, row.fal_request_id) == (JobStatus.SUCCEEDED, 3, LOST)
     assert harness.fal.canceled == [third]
-    assert counted(before) == {"superseded_finished": 1}
+    # Attempts 2 (failed) and 3 (canceled) both ran at fal beside attempt 1.
+    assert counted(before) == {"superseded_finished": 2}
+
+
+def test_a_retry_fal_refused_is_no_double(harness: Harness):
+    """Attempt 2 was refused at submit (429): fal ran attempt 1 only."""
+    before = doubles()
+    use_webhooks(harness)
+    job = harness.start_job()
+    harness.fal.refuse(FalFailure("fal.unavailable", retriable=True, in_doubt=True))
+    submission.run(harness.svc, job.id)
+    harness.advance(harness.svc.settings.fal_in_doubt_seconds)
+    harness.fal.refuse(classify_http(429, {}, None, None))
+    harness.dispatch.take()
+    [retry] = submission.run(harness.svc, job.id)
+    assert retry.task == RUN_TRYON
+    assert (harness.job(job.id).status, harness.job(job.id).attempt) == (JobStatus.QUEUED, 2)
+    harness.fal.finish(LOST)
+    webhook(harness, job.id, 1, Completion(True, LOST))
+    row = harness.job(job.id)
+    assert (row.status, row.fal_request_id) == (JobStatus.SUCCEEDED, LOST)
+    retry_submits_nothing(harness, 2)
+    assert counted(before) == {}
 
 
 def test_an_earlier_result_after_the_job_succeeded_is_counted_once(harness: Harness):

@@ -1,9 +1,11 @@
 """Bearer-token checks against a real JWKS endpoint (RS256 and EdDSA) and the
-development HS256 secret: every bad token is 401 with a localized message."""
+development HS256 secret: every bad token is 401 with a localized message; a JWKS
+that never answers costs a request at most JWT_JWKS_FETCH_TIMEOUT_SECONDS (503)."""
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 
 import jwt
@@ -98,6 +100,26 @@ def test_dev_tokens(client, token):
     forged = jwt.encode(claims(aud="hairfluencer-api", iss=None), other_secret, algorithm="HS256")
     response = client.get("/v1/uploads", headers={"Authorization": f"Bearer {forged}"})
     assert response.status_code == 401
+
+
+def test_a_jwks_that_never_answers_is_503_within_the_fetch_bound(svc, quotas):
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/.well-known/jwks.json"
+    try:
+        client = client_trusting(url, svc, quotas, jwt_jwks_fetch_timeout_seconds=1)
+        token = jwt.encode(claims(), rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                           algorithm="RS256", headers={"kid": "rsa-1"})
+        answers = []
+        for _ in range(2):  # the first asks the JWKS, the second is refetch-limited
+            started = time.monotonic()
+            response = get(client, token)
+            answers.append((response.status_code, time.monotonic() - started))
+            assert response.get_json()["error"]["code"] == "service.unavailable"
+            assert response.headers["Retry-After"]
+        assert [status for status, _ in answers] == [503, 503]
+        assert answers[0][1] < 1.5 and answers[1][1] < 0.5
+    finally:
+        listener.close()
 
 
 def test_production_refuses_the_dev_secret():

@@ -1,8 +1,9 @@
 """Bearer tokens an attacker would try, against a real JWKS endpoint the test runs
 (and takes down, and rotates): every bad token 401 `auth.invalid_token` (or expired),
 a JWKS outage 503 (retriable: the app keeps its session), unknown key ids never make
-us fetch more than once a minute, a key removed from the set refused after the next
-refresh."""
+us fetch more than once per interval (`JWT_JWKS_REFETCH_SECONDS`) nor wait for a
+fetch, a key just rotated in answered 503 with Retry-After until the background fetch
+has it (then 200), a key removed from the set refused after the next refresh."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
 from api.app import create_app
-from shared.access.auth import JWKS_REFETCH_SECONDS, TokenVerifier
+from shared.access.auth import TokenVerifier
 from shared.core.jwks import JwksCache, KeysUnavailable
 from tests.conftest import DEV_SECRET, make_settings
 
@@ -34,6 +35,8 @@ class Jwks:
     def __init__(self) -> None:
         self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.ed = ed25519.Ed25519PrivateKey.generate()
+        # The key the auth server rotates in later (published once "rsa-2" is added).
+        self.rsa2 = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.published = {"rsa-1", "ed-1"}
         self.up = True
         self.fetches = 0
@@ -46,6 +49,9 @@ class Jwks:
         if "ed-1" in self.published:
             keys.append({**json.loads(OKPAlgorithm.to_jwk(self.ed.public_key())),
                          "kid": "ed-1", "alg": "EdDSA", "use": "sig"})
+        if "rsa-2" in self.published:
+            keys.append({**json.loads(RSAAlgorithm.to_jwk(self.rsa2.public_key())),
+                         "kid": "rsa-2", "alg": "RS256", "use": "sig"})
         return {"keys": keys}
 
 
@@ -78,14 +84,15 @@ def jwks() -> Iterator[tuple[str, Jwks]]:
     server.shutdown()
 
 
-def client_trusting(jwks_url: str, svc, quotas):
+def client_trusting(jwks_url: str, svc, quotas, **overrides: Any):
     """A test client of the app that trusts this JWKS only (no development secret);
     also used by test_auth.py."""
     settings = make_settings(database_url=svc.settings.database_url,
                              s3_endpoint_url=svc.settings.s3_endpoint_url,
                              uploads_bucket=svc.settings.uploads_bucket,
                              processed_bucket=svc.settings.processed_bucket, jwt_jwks_url=jwks_url,
-                             jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_dev_secret="")
+                             jwt_issuer=ISSUER, jwt_audience=AUDIENCE, jwt_dev_secret="",
+                             **overrides)
     return create_app(settings, svc, quotas, configure_logs=False).test_client()
 
 
@@ -102,7 +109,8 @@ def claims(**overrides: Any) -> dict[str, Any]:
 
 
 def rs256(state: Jwks, kid: str = "rsa-1", **overrides: Any) -> str:
-    return jwt.encode(claims(**overrides), state.rsa, algorithm="RS256", headers={"kid": kid})
+    key = state.rsa2 if kid == "rsa-2" else state.rsa
+    return jwt.encode(claims(**overrides), key, algorithm="RS256", headers={"kid": kid})
 
 
 def eddsa(state: Jwks, **overrides: Any) -> str:
@@ -180,13 +188,70 @@ def test_good_tokens_pass_and_the_set_is_fetched_once(client, jwks):
     assert state.fetches == 1
 
 
-def test_unknown_kids_fetch_at_most_once_a_minute(client, jwks):
+def eventually(answer: Any, status: int, timeout: float = 10.0) -> Any:
+    """Asks again (at most 10 times a second: under the per-IP rate limit) until the
+    answer has this status."""
+    deadline = time.monotonic() + timeout
+    while (response := answer()).status_code != status and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return response
+
+
+def assert_retriable_503(response: Any, most_seconds: int) -> None:
+    assert response.status_code == 503, response.get_json()
+    error = response.get_json()["error"]
+    assert (error["code"], error["retriable"]) == ("service.unavailable", True)
+    assert 1 <= int(response.headers["Retry-After"]) <= most_seconds
+
+
+REFETCH = 2  # JWT_JWKS_REFETCH_SECONDS in the tests below
+
+
+def test_a_key_just_rotated_in_is_503_with_retry_after_until_fetched_then_200(jwks, svc, quotas):
     _, state = jwks
+    client = client_trusting(jwks[0], svc, quotas, jwt_jwks_refetch_seconds=REFETCH)
+    assert call(client, rs256(state)).status_code == 200
+    state.published.add("rsa-2")  # the auth server rotates in a key and signs with it
+    token = rs256(state, kid="rsa-2")
+    started = time.monotonic()
+    first = call(client, token)
+    assert time.monotonic() - started < 1  # nobody waits for the fetch
+    # Not 401: the app must not sign the user out; it retries after at most the interval.
+    assert_retriable_503(first, 1 + REFETCH)
+    response = eventually(lambda: call(client, token), 200)
+    assert response.status_code == 200, response.get_json()
+    assert state.fetches == 2  # one background fetch, however often the app asked
+    assert call(client, rs256(state)).status_code == 200  # the old key still works
+
+
+def test_unknown_kids_are_503_until_a_later_fetch_lacks_them_then_401_at_one_fetch_per_interval(
+        jwks, svc, quotas):
+    _, state = jwks
+    client = client_trusting(jwks[0], svc, quotas, jwt_jwks_refetch_seconds=REFETCH)
+    assert call(client, rs256(state)).status_code == 200
+    started, fetched = time.monotonic(), state.fetches
+    tokens = [rs256(state, kid=f"random-{n}") for n in range(20)]
+    for token in tokens:  # they might be keys just rotated in: nothing says otherwise yet
+        assert_retriable_503(call(client, token), 1 + REFETCH)
+    assert state.fetches == fetched  # the interval since the last fetch has not passed
+    eventually(lambda: call(client, tokens[0]), 401)
+    for token in tokens:  # the set fetched after they were first seen lacks them
+        response = call(client, token)
+        assert response.status_code == 401, response.get_json()
+        assert response.get_json()["error"]["code"] == "auth.invalid_token"
+    for n in range(20):  # more random kids: still no more than one fetch per interval
+        assert call(client, rs256(state, kid=f"more-{n}")).status_code == 503
+    time.sleep(0.2)
+    assert state.fetches - fetched <= 1 + (time.monotonic() - started) // REFETCH
+
+
+def test_unknown_kids_fetch_at_most_once_per_interval(client, jwks):
+    _, state = jwks  # the default interval (5 s): the test ends well within it
     assert call(client, rs256(state)).status_code == 200
     fetched = state.fetches
     for n in range(20):
-        assert call(client, rs256(state, kid=f"random-{n}")).status_code == 401
-    assert state.fetches - fetched <= 1
+        assert_retriable_503(call(client, rs256(state, kid=f"random-{n}")), 6)
+    assert state.fetches == fetched
 
 
 def test_unknown_kids_while_the_jwks_is_down_do_not_wait_on_it(client, jwks):
@@ -208,7 +273,7 @@ def test_a_jwks_outage_after_a_good_fetch_keeps_known_keys_working(jwks):
     clock = [0.0]
     verifier = TokenVerifier(make_settings(jwt_jwks_url=url, jwt_issuer=ISSUER,
                                            jwt_audience=AUDIENCE, jwt_dev_secret=""))
-    verifier._jwks = JwksCache(url, min_refetch=JWKS_REFETCH_SECONDS, clock=lambda: clock[0])
+    verifier._jwks = JwksCache(url, min_refetch=60, clock=lambda: clock[0])
     assert verifier.verify(rs256(state)).user_id == "user_42"
     state.up = False
     clock[0] += 3600  # long past the cache's age: a refresh is due, and fails

@@ -72,3 +72,16 @@ def test_without_a_dev_secret_hs256_is_refused_and_none_is_issued(dev_settings):
         issue_dev_token(no_secret, "alice")
     with pytest.raises(ValueError):
         issue_dev_token(dev_settings, "not/a/user")
+
+
+def test_the_jwks_fetch_bound_stays_well_under_the_worker_timeout():
+    from api import gunicorn_conf
+    from shared.core.config import ConfigError
+
+    settings = make_settings(jwt_jwks_url="https://auth.test/jwks", jwt_dev_secret="")
+    assert settings.jwt_jwks_fetch_timeout_seconds == 5
+    assert TokenVerifier(settings)._jwks.fetch_timeout == 5  # type: ignore[union-attr]
+    for bad in (0, 11):
+        with pytest.raises(ConfigError):
+            make_settings(jwt_jwks_fetch_timeout_seconds=bad)
+    assert gunicorn_conf.timeout > 2 * 10  # the largest bound allowed, with margin

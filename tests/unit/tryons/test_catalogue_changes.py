@@ -74,9 +74,9 @@ def sent_prompt(harness: Harness) -> Any:
 # --- a job keeps the prompt it was accepted with ----------------------------
 
 def test_the_composed_prompt_is_stored_when_the_job_is_accepted(harness: Harness):
-    job = harness.start_job(prompt="with\x00 bangs")
+    job = harness.start_job(prompt="with\x07 bangs")
     assert harness.job(job.id).composed_prompt == compose_prompt(catalogue()["bob"],
-                                                                 "with\x00 bangs")
+                                                                 "with\x07 bangs")
 
 
 def test_a_style_removed_while_its_job_is_queued_still_runs_it(

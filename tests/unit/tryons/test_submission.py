@@ -30,7 +30,7 @@ def use_webhooks(harness: Harness) -> None:
 
 
 def test_an_accepted_submission_puts_the_job_in_processing(harness: Harness):
-    job = harness.start_job(prompt="with\x00 bangs")
+    job = harness.start_job(prompt="with\x07 bangs")
     request_id = harness.fal.accept()
     follow = submission.run(harness.svc, job.id)
     s = harness.svc.settings

@@ -3,6 +3,7 @@ the broker. Values that differ per deployment come from shared.core.config."""
 
 from shared.core import task_names as tasks
 from shared.core.config import get_settings
+from shared.core.timeouts import broker_transport_options as broker_transport_options_for
 
 _settings = get_settings()
 
@@ -22,7 +23,9 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # Redis redelivers unacknowledged messages after this long: longer than any task.
-broker_transport_options = {"visibility_timeout": 3600}
+# Socket timeouts bound every send (shared/core/timeouts.py, BROKER_TIMEOUT_SECONDS).
+broker_transport_options = {"visibility_timeout": 3600,
+                            **broker_transport_options_for(_settings.broker_timeout_seconds)}
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 2
 task_default_queue = tasks.DEFAULT_QUEUE

@@ -55,9 +55,10 @@ def create_app(settings: Settings | None = None, svc: Services | None = None,
     quotas = quotas or QuotaService(
         settings.redis_url, presign_daily=settings.presign_daily_quota,
         user_rate=settings.user_rate, ip_rate=settings.ip_rate,
-        tryon_daily=settings.tryon_daily_quota)
+        tryon_daily=settings.tryon_daily_quota, redis_timeout=settings.redis_timeout_seconds)
     # One store for the API's replays and the domain's erasure (same Redis namespace).
-    svc.idempotency = IdempotencyStore(quotas.redis_url, quotas.namespace)
+    svc.idempotency = IdempotencyStore(quotas.redis_url, quotas.namespace,
+                                       redis_timeout=quotas.redis_timeout)
     app.extensions[context.EXTENSION] = context.AppServices(
         svc=svc, quotas=quotas, fal_webhooks=FalWebhookVerifier(settings.fal_webhook_jwks_url))
 

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from sqlalchemy import text
 
 from api.context import app_services
-from shared.core.tasks import celery_app
+from shared.core.tasks import ping_broker
 
 log = logging.getLogger(__name__)
 blp = Blueprint("health", __name__)
@@ -49,8 +49,7 @@ def _check_redis() -> None:
 
 
 def _check_broker() -> None:
-    with celery_app.connection_for_write() as conn:
-        conn.ensure_connection(max_retries=1, timeout=2)
+    ping_broker()
 
 
 def _check_storage() -> None:

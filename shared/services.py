@@ -38,7 +38,9 @@ class Services:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url,
+                             connect_timeout=settings.db_connect_timeout_seconds,
+                             pool_timeout=settings.db_pool_timeout_seconds)
         return cls(settings=settings, engine=engine, sessions=make_session_factory(engine),
                    storage=S3Storage(settings))
 
@@ -60,7 +62,8 @@ class Services:
     @cached_property
     def idempotency(self) -> IdempotencyStore:
         """Idempotency-Key records (the API replays them; an erasure forgets them)."""
-        return IdempotencyStore(self.settings.redis_url)
+        return IdempotencyStore(self.settings.redis_url,
+                                redis_timeout=self.settings.redis_timeout_seconds)
 
     @cached_property
     def scanners(self) -> list[Scanner]:

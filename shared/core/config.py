@@ -144,6 +144,22 @@ class Settings:
     reconcile_interval_seconds: float = _env("RECONCILE_INTERVAL_SECONDS", "5",
                                              "How often the beat takes over work nobody is doing: "
                                              "try-ons, validations, erasures, result tags.")
+    # Timeouts that nest (shared/core/timeouts.py, docs/reliability.md): each is the
+    # worst case of one call, from its start; their sum stays under gunicorn's 30 s.
+    s3_timeout_seconds: float = _env("S3_TIMEOUT_SECONDS", "6",
+                                     "Longest an S3 call may take (two attempts, each "
+                                     "connect and read timeout a quarter of the rest).")
+    redis_timeout_seconds: float = _env("REDIS_TIMEOUT_SECONDS", "2",
+                                        "Longest a Redis command may take (one attempt: "
+                                        "half to connect, half to read).")
+    broker_timeout_seconds: float = _env("BROKER_TIMEOUT_SECONDS", "4",
+                                         "Longest sending a task may take (two tries); a "
+                                         "send that fails is left for the beat's reconciler.")
+    db_connect_timeout_seconds: int = _env("DB_CONNECT_TIMEOUT_SECONDS", "3",
+                                           "PostgreSQL connect timeout (libpq "
+                                           "`connect_timeout`, whole seconds, at least 2).")
+    db_pool_timeout_seconds: float = _env("DB_POOL_TIMEOUT_SECONDS", "2",
+                                          "Longest wait for a free pooled connection.")
     # Workers
     worker_memory_limit_mb: int = _env("WORKER_MEMORY_LIMIT_MB", "2048",
                                        "Address-space limit of each worker child (RLIMIT_AS), so "
@@ -247,6 +263,12 @@ def _check(s: Settings) -> None:
         raise ConfigError("JWT_JWKS_FETCH_TIMEOUT_SECONDS must be above 0 and at most 10")
     if not 0 < s.jwt_jwks_refetch_seconds <= 60:
         raise ConfigError("JWT_JWKS_REFETCH_SECONDS must be above 0 and at most 60")
+    if s.db_connect_timeout_seconds < 2:
+        raise ConfigError("DB_CONNECT_TIMEOUT_SECONDS must be at least 2 (libpq's minimum)")
+    if s.s3_timeout_seconds < 2 or s.redis_timeout_seconds <= 0 or s.broker_timeout_seconds <= 0 \
+            or s.db_pool_timeout_seconds <= 0:
+        raise ConfigError("S3_TIMEOUT_SECONDS must be at least 2, and the Redis, broker "
+                          "and pool timeouts positive")
     if s.is_production:
         if s.jwt_dev_secret:
             raise ConfigError("JWT_DEV_SECRET (HS256) is for development only")

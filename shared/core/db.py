@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session, sessionmaker
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+def make_engine(url: str, *, connect_timeout: int | None = None,
+                pool_timeout: float | None = None, **kwargs: Any) -> Engine:
+    """`connect_timeout` (whole seconds, libpq's) and `pool_timeout` bound the two
+    waits before a PostgreSQL query can start (Settings' DB_*_TIMEOUT_SECONDS);
+    without them libpq waits 130 s for an unanswering server, longer than
+    gunicorn lets a request live. A query on an open connection has no client-side
+    bound: a server that stops answering mid-query is cut off by the worker timeout."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
@@ -25,6 +31,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     options: dict[str, Any] = {"pool_pre_ping": True}
     if "poolclass" not in kwargs:
         options.update(pool_size=5, max_overflow=10)
+        if pool_timeout is not None:
+            options["pool_timeout"] = pool_timeout
+    if connect_timeout is not None:
+        options["connect_args"] = {"connect_timeout": connect_timeout}
     return create_engine(url, **options, **kwargs)
 
 

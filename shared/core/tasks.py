@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery, signals
 
 from shared.core.observability import current_correlation_id
+from shared.core.timeouts import BROKER_TRIES
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +39,35 @@ def _stamp_headers(headers: dict[str, Any] | None = None, **_: Any) -> None:
     headers.setdefault(SENT_AT_HEADER, time.time())
 
 
-# Keep a dead broker from stalling an HTTP request: two quick tries, then give up.
-PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
-                        "interval_max": 0.5}
+def send(task_name: str, *args: object, countdown: float | None = None,
+         app: Celery | None = None) -> bool:
+    """Send a task; True if the broker took it. Bounded by BROKER_TIMEOUT_SECONDS:
+    BROKER_TRIES sends, each one connection attempt and reads bounded by the
+    transport's socket timeouts (celeryconfig, from shared/core/timeouts.py)."""
+    app = app or celery_app
+    error: Exception | None = None
+    for _ in range(BROKER_TRIES):
+        try:
+            _publish(app, task_name, list(args), countdown)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any broker failure means "left for the reconciler"
+            error = exc
+    log.warning("broker unavailable; %s left for the reconciler (%s)", task_name,
+                type(error).__name__)
+    return False
 
 
-def send(task_name: str, *args: object, countdown: float | None = None) -> bool:
-    """Send a task; True if the broker took it."""
-    try:
-        celery_app.send_task(task_name, args=list(args), countdown=countdown,
-                             retry=True, retry_policy=PUBLISH_RETRY_POLICY)
-    except Exception as exc:  # noqa: BLE001 - any broker failure means "left for the reconciler"
-        log.warning("broker unavailable; %s left for the reconciler (%s)", task_name,
-                    type(exc).__name__)
-        return False
-    return True
+def _publish(app: Celery, task_name: str, args: list[object], countdown: float | None) -> None:
+    with app.producer_or_acquire() as producer:
+        # One connection attempt: kombu's own loop would retry for the connection
+        # timeout, sleeping 2 s between tries, and its publish retry policy nests
+        # further retries inside; our loop above is the only one.
+        producer.connection.ensure_connection(max_retries=0)
+        app.send_task(task_name, args=args, countdown=countdown, producer=producer,
+                      retry=False)
+
+
+def ping_broker(app: Celery | None = None) -> None:
+    """Readiness: one connection attempt, within half of BROKER_TIMEOUT_SECONDS."""
+    with (app or celery_app).connection_for_write() as conn:
+        conn.ensure_connection(max_retries=0)

@@ -20,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.core.config import Settings
+from shared.core.timeouts import S3_ATTEMPTS, s3_socket_timeout
 from shared.storage.base import (
     UPLOAD_CACHE_CONTROL,
     ObjectInfo,
@@ -59,8 +60,14 @@ class S3Storage:
 
     @cached_property
     def client(self) -> Any:
+        # Every call ends within S3_TIMEOUT_SECONDS (shared/core/timeouts.py): a fixed
+        # number of attempts in "standard" mode, whose backoff is bounded (legacy
+        # mode's `max_attempts: 3` meant four tries of up to 23 s each). A read
+        # timeout bounds each wait for bytes, so large bodies still stream.
+        socket_timeout = s3_socket_timeout(self._settings.s3_timeout_seconds)
         return self._client(self._settings.s3_endpoint_url,
-                            connect_timeout=3, read_timeout=20, retries={"max_attempts": 3})
+                            connect_timeout=socket_timeout, read_timeout=socket_timeout,
+                            retries={"mode": "standard", "total_max_attempts": S3_ATTEMPTS})
 
     @cached_property
     def signer(self) -> Any:

@@ -15,6 +15,8 @@ from prometheus_client import multiprocess
 worker_class = "api.gunicorn_worker.ApiWorker"
 accesslog = "-"
 access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+# Every outbound call's budget nests under this (docs/reliability.md, "Timeouts that
+# nest"; tests/unit/core/test_timeouts.py keeps 5 s of margin): raise it first.
 timeout = 30
 graceful_timeout = 20
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import ssl
 import time
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -171,11 +172,12 @@ def test_a_fal_key_set_with_no_usable_key_is_503_not_500(client, app, svc, jwks)
     app.extensions["hairfluencer"] = replace(app.extensions["hairfluencer"], fal_webhooks=(
         FalWebhookVerifier("https://rest.fal.ai/.well-known/jwks.json", fetch=lambda url: jwks)))
     body = b'{"request_id": "r", "status": "OK", "payload": null}'
-    token = job_token(svc.settings.webhook_secret, "job", 1)
+    job = str(uuid.uuid4())  # job ids are UUIDs: anything else is refused on the URL
+    token = job_token(svc.settings.webhook_secret, job, 1)
     headers = {"X-Fal-Webhook-Request-Id": "r", "X-Fal-Webhook-User-Id": "u",
                "X-Fal-Webhook-Timestamp": str(int(time.time())),
                "X-Fal-Webhook-Signature": "00" * 64}
-    response = client.post(f"/v1/webhooks/fal?job=job&attempt=1&token={token}", data=body,
+    response = client.post(f"/v1/webhooks/fal?job={job}&attempt=1&token={token}", data=body,
                            headers=headers)
     assert response.status_code == 503
     assert response.get_json()["error"]["code"] == "service.unavailable"

@@ -2,12 +2,19 @@
 
 Every request is forwarded unchanged, Host header included (SigV4 signs the
 host, and presigned URLs are signed for the proxy's address, so LocalStack still
-checks them). Two faults, switched on from the test:
+checks them). Three faults, switched on from the test:
 
 - `slow_down(seconds)`: every request answers 503 SlowDown, as S3 does when it
   throttles, for that long;
-- `delay(path_fragment, seconds)`: GETs whose path contains the fragment are held
-  that long first (a window in which the suite kills the worker doing them).
+- `refuse_writes(path_fragment, on)`: PUTs whose path contains the fragment answer
+  503 SlowDown until switched off (a write brownout that lets reads through);
+- `delay(path_fragment, seconds, method="GET")`: requests of that method whose path
+  contains the fragment are held that long first (a window in which the suite
+  kills the worker doing them);
+- `before(path_fragment, method, action)`: `action()` runs once, before the first
+  such request is forwarded (the database cut while a worker waits on S3).
+
+`counts` totals what it did; `by_path` counts the same per (what, method, path).
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ from __future__ import annotations
 import http.client
 import threading
 import time
+from collections import Counter
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -30,8 +39,11 @@ class FaultyS3Proxy:
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
         self.slow_down_until = 0.0
-        self.delays: dict[str, float] = {}
-        self.counts = {"forwarded": 0, "slowed_down": 0, "delayed": 0}
+        self.delays: dict[tuple[str, str], float] = {}  # (method, path fragment) -> seconds
+        self.refused_writes: set[str] = set()
+        self.actions: dict[tuple[str, str], Callable[[], object]] = {}
+        self.counts = {"forwarded": 0, "slowed_down": 0, "delayed": 0, "refused_writes": 0}
+        self.by_path: Counter[tuple[str, str, str]] = Counter()
         self._lock = threading.Lock()
         proxy = self
 
@@ -58,16 +70,42 @@ class FaultyS3Proxy:
     def slow_down(self, seconds: float) -> None:
         self.slow_down_until = time.monotonic() + seconds
 
-    def delay(self, path_fragment: str, seconds: float) -> None:
+    def delay(self, path_fragment: str, seconds: float, method: str = "GET") -> None:
         with self._lock:
             if seconds:
-                self.delays[path_fragment] = seconds
+                self.delays[(method, path_fragment)] = seconds
             else:
-                self.delays.pop(path_fragment, None)
+                self.delays.pop((method, path_fragment), None)
 
-    def count(self, key: str) -> None:
+    def refuse_writes(self, path_fragment: str, on: bool = True) -> None:
+        with self._lock:
+            if on:
+                self.refused_writes.add(path_fragment)
+            else:
+                self.refused_writes.discard(path_fragment)
+
+    def before(self, path_fragment: str, method: str, action: Callable[[], object]) -> None:
+        with self._lock:
+            self.actions[(method, path_fragment)] = action
+
+    def _take_action(self, method: str, path: str) -> Callable[[], object] | None:
+        with self._lock:
+            for verb, fragment in list(self.actions):
+                if verb == method and fragment in path:
+                    return self.actions.pop((verb, fragment))
+        return None
+
+    def count(self, key: str, method: str = "", path: str = "") -> None:
         with self._lock:
             self.counts[key] += 1
+            self.by_path[(key, method, path.split("?", 1)[0])] += 1
+
+    def seen(self, key: str, method: str, path_fragment: str) -> int:
+        """How many requests of that method, with the fragment in their path, were
+        forwarded, delayed or refused so far (`key`)."""
+        with self._lock:
+            return sum(n for (what, verb, path), n in self.by_path.items()
+                       if what == key and verb == method and path_fragment in path)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -81,15 +119,21 @@ class _Handler(BaseHTTPRequestHandler):
     def _forward(self) -> None:
         body = self._read_body()
         proxy = self.owner
+        method, path = self.command, self.path
         if time.monotonic() < proxy.slow_down_until:
-            proxy.count("slowed_down")
+            proxy.count("slowed_down", method, path)
             return self._answer(503, {"Content-Type": "application/xml"}, SLOW_DOWN)
-        if self.command == "GET":
-            for fragment, seconds in list(proxy.delays.items()):
-                if fragment in self.path:
-                    proxy.count("delayed")
-                    time.sleep(seconds)
-        proxy.count("forwarded")
+        if method == "PUT" and any(f in path for f in list(proxy.refused_writes)):
+            proxy.count("refused_writes", method, path)
+            return self._answer(503, {"Content-Type": "application/xml"}, SLOW_DOWN)
+        for (verb, fragment), seconds in list(proxy.delays.items()):
+            if verb == method and fragment in path:
+                proxy.count("delayed", method, path)
+                time.sleep(seconds)
+        action = proxy._take_action(method, path)
+        if action is not None:
+            action()
+        proxy.count("forwarded", method, path)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in REQUEST_ONLY}
         for attempt in range(2):  # a kept-alive upstream connection may have closed
             try:

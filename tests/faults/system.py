@@ -55,6 +55,8 @@ def _bin(name: str) -> str:
 class System:
     root: Path
     fal_latency: float = 8.0
+    # Settings of one test's own, over SUITE_ENV.
+    extra_env: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     workers: list[ManagedProcess] = field(default_factory=list)
     restarts: dict[str, int] = field(default_factory=lambda: {"worker": 0, "redis": 0})
@@ -78,6 +80,7 @@ class System:
         env = stack_environment(self.root, self.proxy.endpoint_url, redis_url, self.fal,
                                 self.api_port)
         env.update(SUITE_ENV)
+        env.update(self.extra_env)
         env["DATABASE_URL"] = self.database_url
         env["BEAT_INTERVAL_SECONDS"] = "60"
         self.env = env

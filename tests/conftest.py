@@ -279,7 +279,8 @@ def svc(settings: Settings, dispatch: InlineDispatch) -> Iterator[Services]:
         yield services
     finally:
         with services.engine.begin() as conn:
-            conn.execute(text("TRUNCATE uploads, audit_events, try_ons, erasure_requests, daily_quotas RESTART IDENTITY"))
+            conn.execute(text("TRUNCATE uploads, audit_events, try_ons, erasure_requests, "
+                              "daily_quotas RESTART IDENTITY"))
         use_services(None)
         services.engine.dispose()
 

@@ -2,7 +2,7 @@
 process to every operation of the served document and to the routes outside it
 (`/healthz`, `/readyz`, `/metrics`, an unknown path, a wrong method), with and
 without a valid credential (a bearer token; for the fal webhook our job token and
-fal's signature over the exact bytes):
+fal's signature over the exact bytes), on PostgreSQL and on SQLite:
 
 - arbitrary JSON bytes (deep, wide, duplicate keys, numbers Python cannot convert,
   `NaN`/`Infinity`, strings of every Unicode category, invalid UTF-8, other
@@ -40,7 +40,9 @@ from hypothesis import strategies as st
 from api.app import create_app
 from shared.access.quota import QuotaService
 from shared.core.errors import ERROR_KINDS
+from shared.services import Services
 from tests.integration.test_upload_flow import ASTRONAUT, sha256_b64, upload_ready
+from worker.base import use_services
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT: dict[str, Any] = json.loads((ROOT / "docs" / "openapi.json").read_text())
@@ -205,18 +207,46 @@ def fill_path(path: str) -> str:
     return re.sub(r"\{[^}]+\}", lambda _: str(uuid.uuid4()), path)
 
 
+@pytest.fixture(scope="module")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from shared.core.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('boundary') / 'hairfluencer.sqlite3'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def services(request: pytest.FixtureRequest, svc: Services, dispatch: Any) -> Iterator[Services]:
+    """The app's services on PostgreSQL, or on SQLite as `hairfluencer dev` runs by
+    default: each refuses different text (NUL; lone surrogates), so both are tried."""
+    if request.param == "postgresql":
+        yield svc
+        return
+    lite = Services.from_settings(replace(svc.settings, database_url=request.getfixturevalue(
+        "sqlite_url")))
+    lite.dispatch = dispatch
+    use_services(lite)  # the worker's tasks run in process against it
+    try:
+        yield lite
+    finally:
+        use_services(svc)
+        lite.engine.dispose()
+
+
 @pytest.fixture
-def boundary(svc, emulator, dispatch, token) -> Iterator[Boundary]:
+def boundary(services, emulator, dispatch, token) -> Iterator[Boundary]:
     from devstack.fal_emulator import load_signing_key
 
     # Every user gets DAILY presigns and try-ons; the rates are lifted (each example
     # is a new user, and the point is the boundary, not the rate).
-    svc.settings = replace(svc.settings, presign_daily_quota=DAILY, tryon_daily_quota=DAILY)
-    s = svc.settings
+    services.settings = replace(services.settings, presign_daily_quota=DAILY,
+                                tryon_daily_quota=DAILY)
+    s = services.settings
     quotas = QuotaService(s.redis_url, presign_daily=DAILY, tryon_daily=DAILY,
                           user_rate="100000/second", ip_rate="100000/second",
                           namespace=f"boundary-{uuid.uuid4().hex}")
-    app = create_app(s, svc, quotas, configure_logs=False)  # not `testing`: as served
+    app = create_app(s, services, quotas, configure_logs=False)  # not `testing`: as served
     dispatch.run_inline = False  # a created job or a verified completion stays queued
     key = load_signing_key(emulator.state_dir)
 

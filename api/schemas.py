@@ -3,10 +3,21 @@ fields in bodies rejected (a typo should be an error, not silently ignored)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from marshmallow import RAISE, Schema, fields, validate
 
 from shared.core.errors import ERROR_KINDS
 from shared.core.pagination import CURSOR_PATTERN, MAX_PAGE
+from shared.core.text import STORABLE_PATTERN
+
+
+def text(**kwargs: Any) -> fields.String:
+    """A string the client sends that we store, look up or compare. The document
+    states the code points refused with 422 (NUL, lone surrogates, non-characters:
+    shared/core/text.py), which api/boundary.py checks before any schema runs."""
+    metadata = {"pattern": STORABLE_PATTERN, **kwargs.pop("metadata", {})}
+    return fields.String(metadata=metadata, **kwargs)
 
 
 class BaseSchema(Schema):
@@ -40,4 +51,4 @@ class PageArgsSchema(BaseSchema):
     cursor = fields.String(load_default=None, metadata={
         "pattern": CURSOR_PATTERN, "description": "A page's `nextCursor`, sent back as is",
         "example": "1764595009123456.0b7f6c1e-3a2d-4c5b-9e8f-112233445566"})
-    locale = fields.String(load_default=None)
+    locale = text(load_default=None)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 from marshmallow import ValidationError, fields, validate, validates_schema
 
-from api.schemas import BaseSchema, PageArgsSchema
+from api.schemas import BaseSchema, PageArgsSchema, text
 from shared.tryons.hairstyles import MAX_USER_PROMPT, catalogue
 
 JOB_STATUSES = ["queued", "processing", "succeeded", "failed"]
 
 
 class TryOnRequestSchema(BaseSchema):
-    key = fields.String(load_default=None, validate=validate.Length(max=255))
-    uploadId = fields.String(load_default=None, validate=validate.Length(max=64))  # noqa: N815
+    key = text(load_default=None, validate=validate.Length(max=255))
+    uploadId = text(load_default=None, validate=validate.Length(max=64))  # noqa: N815
     hairstyleId = fields.String(required=True, validate=validate.Length(min=1, max=64), metadata={  # noqa: N815
         "enum": list(catalogue()), "example": "bob",
         "description": "An id of GET /v1/hairstyles; another answers 422 "
                        "`tryon.unknown_hairstyle`"})
-    prompt = fields.String(load_default=None, validate=validate.Length(max=MAX_USER_PROMPT))
+    prompt = text(load_default=None, validate=validate.Length(max=MAX_USER_PROMPT))
     locale = fields.String(load_default=None, validate=validate.OneOf(["en", "es"]))
 
     @validates_schema
@@ -68,4 +68,4 @@ class HairstyleListSchema(BaseSchema):
 
 
 class LocaleArgsSchema(BaseSchema):
-    locale = fields.String(load_default=None)
+    locale = text(load_default=None)

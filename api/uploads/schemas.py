@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import fields, validate
 
-from api.schemas import BaseSchema, PageArgsSchema
+from api.schemas import BaseSchema, PageArgsSchema, text
 from shared.storage.keys import EXTENSIONS
 
 UPLOAD_STATUSES = ["pending", "validating", "ready", "rejected", "expired", "deleted"]
@@ -26,7 +26,7 @@ class PresignRequestSchema(BaseSchema):
     checksum = fields.String(load_default=None, validate=validate.Length(max=64), metadata={
         "pattern": "^[A-Za-z0-9+/]{43}=$", "description": "base64 of the SHA-256 of the bytes",
         "example": "47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="})
-    locale = fields.String(load_default=None, validate=validate.Length(max=16))
+    locale = text(load_default=None, validate=validate.Length(max=16))
 
 
 class PresignResponseSchema(BaseSchema):
@@ -50,10 +50,10 @@ class ConfirmMetadataSchema(BaseSchema):
 
 
 class ConfirmRequestSchema(BaseSchema):
-    key = fields.String(required=True, validate=validate.Length(min=1, max=255))
-    eTag = fields.String(load_default=None, validate=validate.Length(max=200))  # noqa: N815
+    key = text(required=True, validate=validate.Length(min=1, max=255))
+    eTag = text(load_default=None, validate=validate.Length(max=200))  # noqa: N815
     metadata = fields.Nested(ConfirmMetadataSchema, load_default=dict)
-    locale = fields.String(load_default=None, validate=validate.Length(max=16))
+    locale = text(load_default=None, validate=validate.Length(max=16))
 
 
 class RejectionSchema(BaseSchema):

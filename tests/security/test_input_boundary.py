@@ -100,7 +100,8 @@ def test_presign_bodies_past_our_limits_are_422_and_cost_nothing(client, auth, s
 
 @pytest.mark.parametrize(("prompt", "text_class"), [
     ("with\u0000 bangs", "NUL"), ("lone \ud800 high", "surrogate"),
-    ("lone \udfff low", "surrogate"), ("\ufffe", "noncharacter"), ("\U0010ffff", "noncharacter")])
+    ("lone \udfff low", "surrogate"), ("\ufffe", "noncharacter"), ("\uffff", "noncharacter"),
+    ("\ufdd0", "noncharacter")])
 def test_text_the_database_cannot_store_is_422_naming_the_field_and_costs_no_quota(
         client, auth, svc, quotas, prompt, text_class, caplog):
     quotas.limits = replace(quotas.limits, tryon_daily=parse("1/day"))

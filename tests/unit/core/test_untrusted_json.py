@@ -70,7 +70,8 @@ def test_what_is_not_json_is_malformed(raw):
     ("plain", None), ("café ☕ 😀", None), ("\t\n\x07", None), ("\ufffd", None),
     ("a\x00b", "NUL"), ("\ud800", "surrogate"), ("\udc00x", "surrogate"),
     ("\ufdd0", "noncharacter"), ("\ufdef", "noncharacter"), ("\uffff", "noncharacter"),
-    ("\U0001fffe", "noncharacter"), ("\U0010ffff", "noncharacter"),
+    ("\ufdd5", "noncharacter"),
+    ("\U0001fffe", None), ("\U0010ffff", None),  # astral non-characters: storable
 ])
 def test_unstorable_text_is_named_by_class(text, expected):
     assert unstorable(text) == expected

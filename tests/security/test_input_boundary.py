@@ -247,3 +247,25 @@ def test_the_quota_window_and_its_retry_after(client, auth, svc, quotas):
     shift_clock(svc, timedelta(hours=23).total_seconds())
     assert client.post("/v1/uploads/presign", json=body, headers=headers).status_code == 201
     assert quota_used(svc, "quin", "presign") == 1  # a new window
+
+
+def test_work_committed_before_a_5xx_is_returned_to_the_retry_without_a_second_charge(
+        client, auth, svc, monkeypatch):
+    """The job committed (it will run: the reconciler sends what was not sent), then the
+    request failed: the retry with the same key gets that job, and pays nothing more."""
+    headers = auth("rita", **{"Idempotency-Key": "tap-9"})
+    upload = upload_ready(client, headers, ASTRONAUT)
+    real_dispatch = svc.dispatch
+
+    def broker_fails(*_args: object, **_kwargs: object) -> bool:
+        raise OperationalError("PUBLISH", {}, Exception("connection dropped"))
+
+    monkeypatch.setattr(svc, "dispatch", broker_fails)
+    body = {"uploadId": upload["uploadId"], "hairstyleId": "bob"}
+    assert_error(client.post("/v1/try-ons", json=body, headers=headers), 503,
+                 "service.unavailable")
+    assert rows(svc, TryOn, "rita") == 1 and quota_used(svc, "rita", "tryon") == 1
+    monkeypatch.setattr(svc, "dispatch", real_dispatch)
+    retry = client.post("/v1/try-ons", json=body, headers=headers)
+    assert retry.status_code == 202
+    assert rows(svc, TryOn, "rita") == 1 and quota_used(svc, "rita", "tryon") == 1

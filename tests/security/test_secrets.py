@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import threading
+import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import replace
@@ -174,3 +175,43 @@ def test_logs_are_json_lines_even_for_a_failure(json_logs, caplog):
     assert "[redacted]" in json_logs.getvalue()
     with pytest.raises(AssertionError):
         assert_no_secrets(io.StringIO(json.dumps({"m": "?X-Amz-Signature=abc"}) + "\n"))
+
+
+def test_refusals_at_the_input_boundary_send_no_sentry_event_and_log_no_value(
+        client, auth, sentry, json_logs, caplog, monkeypatch):
+    """Issue 15: a refusal is the client's mistake, not ours: logged at INFO with the
+    field and the class, never the value, and no Sentry event (the control at the end
+    shows that an event of ours does arrive)."""
+    import sentry_sdk
+
+    def events_since(start: int) -> list[bytes]:
+        sentry_sdk.flush(timeout=5)
+        return [e for e in sentry.envelopes[start:] if b'"type":"event"' in e]
+
+    start = len(sentry.envelopes)
+    headers = auth("sven")
+    marker = "CANARY-VALUE"
+    json_type = {"Content-Type": "application/json"}
+    refusals = [
+        client.post("/v1/uploads/presign", data=b"[" * 3000 + b"]" * 3000,
+                    headers={**headers, **json_type}),
+        client.post("/healthz", data=b"[" * 3000 + b"]" * 3000, headers=json_type),
+        client.post("/v1/try-ons", data=json.dumps(
+            {"uploadId": str(uuid.uuid4()), "hairstyleId": "bob",
+             "prompt": f"{marker}\u0000"}).encode(), headers={**headers, **json_type}),
+        client.post("/v1/try-ons", json={"uploadId": str(uuid.uuid4()), "hairstyleId": "bob"},
+                    headers={**headers, "Idempotency-Key": marker * 30}),
+        client.get(f"/v1/hairstyles?locale={marker}%00", headers=headers),
+    ]
+    assert [r.status_code for r in refusals] == [422, 405, 422, 422, 422]
+    assert events_since(start) == []
+    logs = json_logs.getvalue() + "\n".join(r.getMessage() for r in caplog.records)
+    assert marker not in logs
+    assert "json.prompt" in logs and "headers.Idempotency-Key" in logs
+
+    def explode(*_: Any, **__: Any) -> None:
+        raise RuntimeError("an error of ours")
+
+    monkeypatch.setattr("shared.uploads.use_cases.get", explode)
+    assert client.get(f"/v1/uploads/{uuid.uuid4()}", headers=headers).status_code == 500
+    assert events_since(start), "the control: an unhandled error does reach Sentry"

@@ -22,6 +22,20 @@ FAL_SUCCESS = Counter("fal_request_success_total", "fal.ai requests that succeed
 FAL_DURATION = Histogram("fal_request_duration_seconds", "fal.ai request duration",
                          buckets=(0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120))
 JOB_OUTCOMES = Counter("tryon_jobs_total", "Try-on jobs finished, by outcome", ["outcome"])
+# From acceptance (POST /v1/try-ons) to the job's end, as the user waits for it.
+JOB_DURATION = Histogram("tryon_job_duration_seconds",
+                         "Try-on jobs from acceptance to their end, by outcome", ["outcome"],
+                         buckets=(1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300, 900))
+# `code`: our own closed fal.* codes (shared/fal/gateway.py), never fal's open error types.
+FAL_FAILURES = Counter("fal_request_failure_total",
+                       "fal.ai requests that failed (submit, status, result), by our code",
+                       ["code"])
+# What the beat's passes did (worker/tasks/maintenance.py), by pass: work taken over
+# or sent again by a reconciler, and rows or objects removed by a retention pass.
+RECONCILER_ACTIONS = Counter("reconciler_actions_total",
+                             "Work a reconciler pass took over or sent again", ["pass_name"])
+RETENTION_DELETIONS = Counter("retention_deletions_total",
+                              "Rows and objects a retention pass removed", ["pass_name"])
 FAL_SUBMITS = Counter("fal_submit_total", "fal submissions, by result (accepted, failed, "
                       "in_doubt: the answer was lost after the request went out)", ["result"])
 # Each submission fal ran for a job on top of the one whose result it used, counted

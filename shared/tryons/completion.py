@@ -147,12 +147,14 @@ def _succeed(svc: Services, job_id: str, attempt: int, rendered: results.Rendere
                      job_attempt=job.attempt, fal_request_id=request_id or job.fal_request_id,
                      result_sha256=clean.sha256, source_sha256=job.source_sha256)
         favorite, first_submitted_at, of = job.favorite, job.first_submitted_at, job.attempt
+        accepted_at = job.created_at
     if favorite:
         sync_tags_quietly(svc, job_id)  # favorited while it ran: tag it kept now
     metrics.FAL_SUCCESS.inc()
     if first_submitted_at:
         metrics.FAL_DURATION.observe((now - first_submitted_at).total_seconds())
     metrics.JOB_OUTCOMES.labels(outcome="succeeded").inc()
+    metrics.JOB_DURATION.labels(outcome="succeeded").observe((now - accepted_at).total_seconds())
     log.info("job %s succeeded (attempt %d of %d)", job_id, attempt, of)
     return finished
 
@@ -175,8 +177,12 @@ def poll(svc: Services, job_id: str, attempt: int, *, reschedule: bool = True) -
                                                                    status.error_type))
         output = svc.fal.result(job.fal_request_id)
     except FalFailure as failure:
-        # A check that failed in transit is simply made again later.
-        return again if failure.retriable else after_failure(svc, job.id, attempt, failure)
+        # A check that failed in transit is simply made again later (still a failed
+        # request to fal: counted here, as after_failure counts the others).
+        if not failure.retriable:
+            return after_failure(svc, job.id, attempt, failure)
+        metrics.FAL_FAILURES.labels(code=failure.code).inc()
+        return again
     return complete(svc, job_id, attempt,
                     Completion(True, job.fal_request_id, image_urls=tuple(output.image_urls)))
 

@@ -57,6 +57,7 @@ def seconds_until(moment: datetime, now: datetime) -> float:
 def after_failure(svc: Services, job_id: str, attempt: int,
                    failure: FalFailure) -> list[FollowUp]:
     """Retry a retriable failure with backoff (a new submission, a fresh URL), else fail."""
+    metrics.FAL_FAILURES.labels(code=failure.code).inc()
     job = load_job(svc, job_id)
     if job is None or job.attempt != attempt or job.status != JobStatus.PROCESSING:
         return []
@@ -99,6 +100,7 @@ def fail(svc: Services, job: TryOn, code: str, *, attempt: int | None = None,
     except StorageUnavailable:
         log.warning("job %s: could not delete partial results; the orphan sweep will", job.id)
     metrics.JOB_OUTCOMES.labels(outcome="failed").inc()
+    metrics.JOB_DURATION.labels(outcome="failed").observe((now - job.created_at).total_seconds())
     log.warning("job %s failed: %s %s", job.id, code, detail)
 
 

@@ -204,6 +204,7 @@ def _submit_failed(svc: Services, job: TryOn, attempt: int, failure: FalFailure,
         # fal may have accepted it: its webhook will say so. Until the lease ends the
         # job waits for that; then it is taken over and submitted again.
         metrics.FAL_SUBMITS.labels(result="in_doubt").inc()
+        metrics.FAL_FAILURES.labels(code=failure.code).inc()
         return [FollowUp(RUN_TRYON, (job.id,), seconds_until(lease_end, svc.clock()) + 0.5)]
     if failure.in_doubt:
         # Without webhooks nothing could ever finish that submission: send again.

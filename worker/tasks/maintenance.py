@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from shared.core import metrics
 from shared.core import task_names as names
 from shared.privacy import erasure, orphans
 from shared.services import Services
@@ -36,9 +37,19 @@ PASSES: dict[str, Callable[[Services], int]] = {
 }
 
 
+# Passes whose count is work taken over or sent again; the others count removals.
+RECONCILERS = {names.RECONCILE_TRYONS, names.RESEND_STALE_VALIDATIONS, names.RESUME_ERASURES,
+               names.REPAIR_RESULT_TAGS}
+
+
 def _register(name: str, run: Callable[[Services], int]) -> None:
+    counter = metrics.RECONCILER_ACTIONS if name in RECONCILERS else metrics.RETENTION_DELETIONS
+    label = name.rpartition(".")[2]
+
     def beat_pass(self: AppTask) -> int:
-        return run(self.svc)
+        done = run(self.svc)
+        counter.labels(pass_name=label).inc(done)
+        return done
 
     beat_pass.__name__ = beat_pass.__qualname__ = name.rpartition(".")[2]
     task(name, MAINTENANCE)(beat_pass)

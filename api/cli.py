@@ -7,16 +7,28 @@ code never imports devstack/.
 
 from __future__ import annotations
 
+import getpass
 from importlib.metadata import entry_points
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import create_app
 from api.contract import document_text
 from shared.access.auth import issue_dev_token
 from shared.core.config import ENV_VARS, get_settings
 from shared.core.migrate import upgrade
+from shared.privacy.audit_trail import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    READER,
+    check_reader,
+    parse_since,
+    trail,
+)
 from shared.services import Services
+from shared.storage.check import run_checks
+from shared.storage.keys import InvalidKey, check_user_id
 from shared.storage.setup import apply
 from shared.tryons.retirement import StillInCatalogue, retire_hairstyle
 
@@ -39,6 +51,25 @@ def setup_storage(create: bool) -> None:
     """Create/harden the buckets: private, encrypted, TLS-only, CORS, lifecycle."""
     for line in apply(get_settings(), create=create):
         click.echo(line)
+
+
+@main.group()
+def storage() -> None:
+    """Object storage (S3 or an S3-compatible provider)."""
+
+
+@storage.command("check")
+def storage_check() -> None:
+    """Self-test the configured provider for both buckets: one PASS/FAIL/SKIP line per
+    item, each failure with its fix; exit code 1 on any failure. Writes only under
+    `_storage-check/` and deletes what it wrote."""
+    results = run_checks(get_settings())
+    for result in results:
+        click.echo(result.line())
+    failed = sum(not result.ok for result in results)
+    click.echo(f"{len(results)} items, {failed} failed")
+    if failed:
+        raise SystemExit(1)
 
 
 @main.command()
@@ -73,6 +104,61 @@ def retire_hairstyle_command(style_id: str) -> None:
     finally:
         svc.engine.dispose()
     click.echo(f"{style_id}: {failed} queued try-ons failed with tryon.hairstyle_retired")
+
+
+def _user_id(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    try:
+        return check_user_id(value)
+    except InvalidKey as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _operator(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str:
+    if value is not None:
+        try:
+            return check_reader(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry and no $USER
+        return "unknown"
+    return name if READER.fullmatch(name) else "unknown"
+
+
+@main.command("audit")
+@click.option("--user", "user_id", required=True, callback=_user_id, help="The user id.")
+@click.option("--since", help="From 2026-12-01, 2026-12-01T10:00:00Z (UTC unless an offset "
+              "is given), or an age: 30m, 24h, 7d. Default: the whole trail.")
+@click.option("--limit", type=click.IntRange(1, MAX_LIMIT), default=DEFAULT_LIMIT,
+              show_default=True, help="Show at most the newest LIMIT events.")
+@click.option("--operator", callback=_operator,
+              help="Who is reading, recorded in the audit.read event. Default: the OS user.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def audit_command(user_id: str, since: str | None, limit: int, operator: str,
+                  as_json: bool) -> None:
+    """Print a user's audit trail, oldest first (ids and codes; no URL or token).
+    The read itself is recorded as an `audit.read` event of that user."""
+    svc = Services.from_settings(get_settings())
+    try:
+        try:
+            start = parse_since(since, svc.clock()) if since is not None else None
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--since'") from None
+        read = trail(svc, user_id, reader=operator, since=start, limit=limit)
+    except SQLAlchemyError as exc:
+        # The class only: a driver message may quote the connection string.
+        raise click.ClickException(
+            f"cannot read the audit trail: database error ({type(exc).__name__})") from None
+    finally:
+        svc.engine.dispose()
+    for event in read.events:
+        click.echo(event.to_json() if as_json else event.line())
+    if read.truncated:
+        click.echo(f"only the newest {limit} events are shown: older ones in the window were "
+                   f"left out (raise --limit, up to {MAX_LIMIT})", err=True)
+    click.echo(f"{len(read.events)} events of {user_id}; this read is recorded as audit.read "
+               f"by {operator}", err=True)
 
 
 @main.command("env-table")

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 
 from flask import Blueprint, Response, jsonify
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from sqlalchemy import text
 
 from api.context import app_services
-from shared.core.tasks import ping_broker
+from shared.core.tasks import ping_broker, queue_lengths
 
 log = logging.getLogger(__name__)
 blp = Blueprint("health", __name__)
@@ -63,5 +66,37 @@ def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # read by prometheus-client itself
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
-    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        text = generate_latest(registry)
+    else:
+        text = generate_latest()
+    return Response(text + generate_latest(_broker_registry()), mimetype=CONTENT_TYPE_LATEST)
+
+
+class QueueLengths(Collector):
+    """`celery_queue_length{queue}`, read from the broker at scrape time (a gauge that
+    no process holds: any API process answers it alike). A broker that does not answer
+    leaves it out and sets `celery_queue_length_up` to 0, never failing the scrape."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("celery_queue_length_up",
+                               "1 if the broker answered the queue-length read")
+        try:
+            lengths = queue_lengths()
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail on the broker
+            log.warning("queue lengths unavailable: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        gauge = GaugeMetricFamily("celery_queue_length", "Messages waiting in a queue",
+                                  labels=["queue"])
+        for queue, length in lengths.items():
+            gauge.add_metric([queue], length)
+        yield gauge
+        yield up
+
+
+def _broker_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(QueueLengths())
+    return registry

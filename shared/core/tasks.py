@@ -13,8 +13,10 @@ import time
 from typing import Any
 
 from celery import Celery, signals
+from kombu.exceptions import ChannelError
 
 from shared.core.observability import current_correlation_id
+from shared.core.task_names import ALL_QUEUES
 from shared.core.timeouts import BROKER_TRIES
 
 log = logging.getLogger(__name__)
@@ -71,3 +73,28 @@ def ping_broker(app: Celery | None = None) -> None:
     """Readiness: one connection attempt, within half of BROKER_TIMEOUT_SECONDS."""
     with (app or celery_app).connection_for_write() as conn:
         conn.ensure_connection(max_retries=0)
+
+
+def queue_lengths(app: Celery | None = None) -> dict[str, int]:
+    """Messages waiting in each of our queues (not those a worker holds unacknowledged),
+    for the `celery_queue_length` gauge. A passive declare is the broker-neutral way
+    (Redis: LLEN of the queue's lists); one connection attempt, bounded like a send."""
+    app = app or celery_app
+    lengths: dict[str, int] = {}
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=0)
+        channel = conn.channel()
+        try:
+            for queue in ALL_QUEUES:
+                try:
+                    declared = channel.queue_declare(queue=queue, passive=True)
+                    lengths[queue] = int(declared.message_count)
+                except ChannelError:
+                    # Never declared yet: nothing waits in it. AMQP closes a channel
+                    # that asked for a missing queue, so the next asks on a new one.
+                    lengths[queue] = 0
+                    channel.close()
+                    channel = conn.channel()
+        finally:
+            channel.close()
+    return lengths

@@ -24,6 +24,10 @@ RESULT_KEY = re.compile(rf"results/[A-Za-z0-9_-]{{1,64}}/{_UUID}(?:_thumb)?\.jpg
 # holds results. Every object of a user lives under `<prefix><user id>/`.
 RAW_PREFIX, SANITIZED_PREFIX, RESULT_PREFIX = "uploads/", "sanitized/", "results/"
 UPLOAD_PREFIXES = (RAW_PREFIX, SANITIZED_PREFIX)
+# `hairfluencer storage check` writes only here (in both buckets) and deletes what it
+# wrote. No sweep lists it: the orphan sweep, retention and erasure list the user
+# prefixes above, none of which this one starts with.
+CHECK_PREFIX = "_storage-check/"
 
 # The tag the processed bucket's lifecycle rule reads: results expire unless kept.
 RETENTION_TAG = "retention"
@@ -68,6 +72,11 @@ def user_upload_prefixes(user_id: str) -> list[str]:
 
 def user_result_prefix(user_id: str) -> str:
     return f"{RESULT_PREFIX}{check_user_id(user_id)}/"
+
+
+def check_key(run_id: uuid.UUID, name: str) -> str:
+    """A key of one storage-check run: `_storage-check/<run id>/<name>`."""
+    return f"{CHECK_PREFIX}{run_id}/{name}"
 
 
 def parse_raw_key(key: str) -> tuple[str, str] | None:

@@ -3,8 +3,9 @@
 Starts, in this order: the signature-checking S3 endpoint (LocalStack's S3 in
 host mode; moto only as a loudly announced fallback), Redis (the machine's
 redis-server, else an embedded one), migrations on SQLite, bucket setup, then a
-Celery worker, celery beat and the API under gunicorn. Waits until /readyz is
-200, prints the URLs and a development token, and stops everything it started
+Celery worker, celery beat, the API under gunicorn and Flower (basic auth,
+loopback; `--no-flower` leaves it out). Waits until /readyz is 200, prints the
+URLs, a development token and Flower's login, and stops everything it started
 on Ctrl-C or SIGTERM.
 
 The database is the one thing that may be external: `--database-url` (or an
@@ -27,6 +28,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from devstack.fal_emulator import FalEmulatorProcess, start_emulator_process
+from devstack.flower import FLOWER_USER, flower_password, flower_process, flower_ready
 from devstack.localstack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, start_s3
 from devstack.procs import ManagedProcess, free_port, on_stop_signals, tail, wait_until
 from devstack.redis_server import start_redis
@@ -77,7 +79,7 @@ def _bin(name: str) -> str:
 
 @contextmanager
 def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: float = 2.0,
-                  database_url: str | None = None) -> Iterator[dict[str, str]]:
+                  database_url: str | None = None, flower: bool = True) -> Iterator[dict[str, str]]:
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     with ExitStack() as stack:  # every server entered here is stopped on the way out
@@ -104,6 +106,12 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
                             "-b", f"127.0.0.1:{port}", "-w", "2", "api.wsgi:app"],
                            logs / "api.log", env=env, cwd=REPO_ROOT, name="api"),
         ]
+        flower_base = ""
+        if flower:
+            flower_port = free_port()
+            flower_base = f"http://127.0.0.1:{flower_port}"
+            flower_proc = flower_process(flower_port, env, logs / "flower.log", flower_password())
+            processes.append(flower_proc)
         for process in processes:
             stack.enter_context(process)  # starts it
         base = f"http://127.0.0.1:{port}"
@@ -112,6 +120,11 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
             dead = [p for p in processes if not p.alive()] or processes
             raise click.ClickException("the stack did not become ready:\n" + "\n".join(
                 f"--- {p.name} ---\n{tail(p.log_path)}" for p in dead))
+        # Started beside the others, so usually ready by now: this wait costs ~nothing.
+        if flower and not wait_until(lambda: flower_ready(flower_base), READY_TIMEOUT,
+                                     interval=0.3, abort=lambda: not flower_proc.alive()):
+            raise click.ClickException(f"Flower did not start:\n{tail(logs / 'flower.log')}")
+        env["HF_FLOWER_URL"] = flower_base
         env["HF_BASE_URL"] = base
         env["HF_S3_KIND"] = type(s3).__name__
         env["HF_FAL_URL"] = fal.base_url
@@ -148,12 +161,14 @@ def _ready(base: str) -> bool:
 @click.option("--workers", default=2, show_default=True, help="Celery worker concurrency.")
 @click.option("--fal-latency", default=2.0, show_default=True,
               help="Seconds the fal emulator spends on each job.")
+@click.option("--no-flower", "no_flower", is_flag=True, default=False,
+              help="Do not start Flower.")
 @click.option("--database-url", default=None, metavar="URL",
               help="SQLAlchemy URL of the database to migrate and use, e.g. an empty "
                    "PostgreSQL database: postgresql+psycopg://user@host/db. "
                    "[default: $DATABASE_URL, else SQLite in --data-dir]")
 def dev_command(port: int, data_dir: Path, workers: int, fal_latency: float,
-                database_url: str | None) -> None:
+                database_url: str | None, no_flower: bool) -> None:
     """Run API, worker, beat, Redis and a signature-checking S3 locally."""
     port = port or free_port()
     stop = {"now": False}
@@ -162,10 +177,18 @@ def dev_command(port: int, data_dir: Path, workers: int, fal_latency: float,
         stop["now"] = True
 
     on_stop_signals(_stop)
-    with running_stack(port, data_dir.resolve(), workers, fal_latency, database_url) as env:
+    with running_stack(port, data_dir.resolve(), workers, fal_latency, database_url,
+                       flower=not no_flower) as env:
         token = subprocess.run([_bin("hairfluencer"), "token", DEV_USER], env=env, check=True,
                                capture_output=True, text=True).stdout.strip()
         base = env["HF_BASE_URL"]
+        flower = ""
+        if env["HF_FLOWER_URL"]:
+            # The login on a line of its own, never inside the URL (browsers and
+            # terminals keep URLs in their history).
+            flower = (f"  Flower      {env['HF_FLOWER_URL']}   (basic auth; can revoke tasks: "
+                      f"keep it on loopback)\nFlower login: user {FLOWER_USER} "
+                      f"password {flower_password()}\n")
         click.echo(f"""
 Hairfluencer is running (embedded defaults).
   API         {base}      docs {base}/docs   OpenAPI {base}/openapi.json
@@ -177,7 +200,7 @@ Hairfluencer is running (embedded defaults).
   logs        {data_dir / 'logs'}
   user        {DEV_USER}
   token       {token}
-
+{flower}
   try it:     hairfluencer try-on tests/fixtures/astronaut.jpg --style bob --base-url {base}
 READY {base}
 """, nl=True)

@@ -201,3 +201,67 @@ def test_the_http_server_refuses_in_the_error_envelope(stack, head, status, code
         "x-error-codes"]
     assert b"wh-secret" not in body
     assert "wh-secret" not in (Path(stack["data_dir"]) / "logs" / "api.log").read_text()
+
+
+def _flower_login(stack: dict[str, str]) -> tuple[str, tuple[str, str]]:
+    """Flower's URL and login as `hairfluencer dev` printed them."""
+    text = (Path(stack["data_dir"]) / "dev.out").read_text(errors="replace")
+    url = re.search(r"^ *Flower +(http://127\.0\.0\.1:\d+)(?:\s|$)", text, re.M)
+    login = re.search(r"^Flower login: user (\S+) password (\S+)$", text, re.M)
+    assert url and login, text[-3000:]
+    return url[1], (login[1], login[2])
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's address on its default route, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_flower_shows_the_workers_and_a_finished_task(stack):
+    """Flower, started by the dev stack on loopback behind basic auth, lists the
+    workers and their queues and shows the validation of an upload as SUCCESS."""
+    from shared.core.task_names import ALL_QUEUES, VALIDATE_UPLOAD
+
+    url, (user, password) = _flower_login(stack)
+    assert password not in url and user not in url  # the login is never in the URL
+    # Without the login (or with a wrong one) neither the API nor the UI answers:
+    # Flower can revoke tasks and shut workers down.
+    for path in ("/api/workers", "/api/tasks", "/"):
+        assert httpx.get(f"{url}{path}", timeout=10).status_code == 401, path
+    assert httpx.get(f"{url}/api/workers", auth=(user, password + "x"),
+                     timeout=10).status_code == 401
+    assert httpx.post(f"{url}/api/task/revoke/00000000-0000-0000-0000-000000000000",
+                      timeout=10).status_code == 401
+    if address := _non_loopback_address():  # listening on loopback only
+        with pytest.raises(OSError):
+            socket.create_connection((address, int(url.rsplit(":", 1)[1])), timeout=2).close()
+
+    with httpx.Client(base_url=url, auth=(user, password), timeout=15) as flower:
+        workers = flower.get("/api/workers", params={"refresh": "true"}).json()
+        assert workers, "Flower sees no worker"
+        served = {queue["name"] for worker in workers.values()
+                  for queue in worker["active_queues"]}
+        assert served == set(ALL_QUEUES)
+
+        upload = _upload(stack, fixture_bytes("astronaut.jpg"))
+        assert upload["status"] == "ready"
+        deadline = time.monotonic() + 30  # task events reach Flower asynchronously
+        while True:
+            tasks = flower.get("/api/tasks", params={"taskname": VALIDATE_UPLOAD,
+                                                     "state": "SUCCESS"}).json()
+            mine = [t for t in tasks.values() if upload["uploadId"] in (t.get("args") or "")]
+            if mine or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        # Flower's task list is built from the workers' task events (celeryconfig.py,
+        # worker_send_task_events); Flower itself runs with --enable_events=False.
+        assert mine, f"no SUCCESS {VALIDATE_UPLOAD} for the upload in Flower (task events off?): {tasks}"
+        assert mine[0]["worker"] in workers
+    for log_file in (Path(stack["data_dir"]) / "logs").glob("*.log"):
+        assert password not in log_file.read_text(errors="replace"), log_file.name

@@ -29,7 +29,7 @@ import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.core.config import Settings
-from shared.storage.base import sha256_b64
+from shared.storage.base import PresignedPut, sha256_b64
 from shared.storage.keys import CHECK_PREFIX, check_key
 from shared.storage.s3 import S3Storage
 from shared.storage.setup import (
@@ -184,19 +184,29 @@ def _addressing(settings: Settings, bucket: str, reached: bool) -> CheckResult:
 
 def _presigned_puts(storage: S3Storage, settings: Settings, bucket: str) -> list[CheckResult]:
     """Accepted with exactly the signed headers, refused when tampered with, refused
-    again (412) once the object exists. Written under CHECK_PREFIX, deleted after."""
+    again (412) once the object exists. Each attempt has its own key, so one that a
+    lax provider accepts cannot turn the next into a 412. Written under CHECK_PREFIX,
+    deleted after."""
     run = uuid.uuid4()
     data = f"hairfluencer storage check {run}".encode()
-    key = check_key(run, "presigned-put.bin")
+    keys: list[str] = []
+
+    def sign(name: str) -> PresignedPut:
+        keys.append(check_key(run, name))
+        return storage.presign_put(bucket, keys[-1], content_type="application/octet-stream",
+                                   content_length=len(data), checksum_sha256=sha256_b64(data),
+                                   expires_in=60)
+
     results: list[CheckResult] = []
     try:
-        put = storage.presign_put(bucket, key, content_type="application/octet-stream",
-                                  content_length=len(data), checksum_sha256=sha256_b64(data),
-                                  expires_in=60)
         with httpx.Client(timeout=settings.s3_timeout_seconds) as http:
-            # Tampered first: once the object exists every PUT gets 412, which would
-            # hide whether the signature was checked.
-            results.append(_tampered(bucket, http, put.url, put.headers, data))
+            other_type = sign("tampered-type.bin")
+            forged = sign("tampered-signature.bin")
+            results.append(_tampered(
+                bucket, _put(http, other_type.url, {**other_type.headers,
+                                                    "Content-Type": "text/html"}, data),
+                _put(http, _with_forged_signature(forged.url), forged.headers, data)))
+            put = sign("presigned-put.bin")
             accepted = _put(http, put.url, put.headers, data)
             results.append(_accepted(bucket, accepted))
             if isinstance(accepted, int) and 200 <= accepted < 300:
@@ -206,7 +216,7 @@ def _presigned_puts(storage: S3Storage, settings: Settings, bucket: str) -> list
                                            "not checked: the presigned PUT was not accepted",
                                            "see `presigned PUT accepted`"))
     finally:
-        results.append(_cleanup(storage.client, bucket, f"{CHECK_PREFIX}{run}/", [key]))
+        results.append(_cleanup(storage.client, bucket, f"{CHECK_PREFIX}{run}/", keys))
     return results
 
 
@@ -218,12 +228,8 @@ def _put(http: httpx.Client, url: str, headers: dict[str, str], data: bytes) -> 
         return type(exc).__name__
 
 
-def _tampered(bucket: str, http: httpx.Client, url: str, headers: dict[str, str],
-              data: bytes) -> CheckResult:
+def _tampered(bucket: str, other_type: int | str, forged: int | str) -> CheckResult:
     item = "tampered presigned PUT refused"
-    other_type = _put(http, url, {**headers, "Content-Type": "text/html"}, data)
-    forged_url = _with_forged_signature(url)
-    forged = _put(http, forged_url, headers, data)
     detail = f"another Content-Type got {other_type}, an altered signature got {forged}"
     if other_type == 403 and forged == 403:
         return CheckResult(bucket, item, Status.PASS, detail)

@@ -7,12 +7,14 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from api.cli import main
+from devstack.localstack import MotoS3
 from shared.core.config import Settings
 from shared.storage.check import CheckResult, Status, run_checks
 from shared.storage.keys import CHECK_PREFIX
@@ -133,3 +135,26 @@ def test_cli_passes_on_set_up_buckets(set_up: Settings, monkeypatch: pytest.Monk
     assert outcome.exit_code == 0, outcome.output
     assert outcome.output.rstrip().endswith("24 items, 0 failed")
     assert not any(marker in outcome.output for marker in SECRET_MARKERS)
+
+
+def test_a_provider_that_accepts_tampered_urls_fails(tmp_path: Path) -> None:
+    """moto (the dev stack's fallback) does not verify presigned signatures: the check
+    must say so, and still delete the objects the tampered PUTs created."""
+    server = MotoS3().start(data_dir=tmp_path)
+    try:
+        settings = _settings(server.endpoint_url, "hf-moto-up", "hf-moto-proc")
+        assert not [line for line in apply(settings) if "not applied" in line]
+        results = run_checks(settings)
+
+        for bucket in (settings.uploads_bucket, settings.processed_bucket):
+            items = _by_item(results, bucket)
+            tampered = items["tampered presigned PUT refused"]
+            assert tampered.status is Status.FAIL, tampered
+            assert "got 200" in tampered.detail and "verifies SigV4" in tampered.fix
+            # Each attempt has its own key: the lax acceptance does not spill over.
+            assert items["presigned PUT accepted"].status is Status.PASS
+            assert items["cleanup"].status is Status.PASS
+        assert _left_over(S3Storage(settings).client, settings.uploads_bucket,
+                          settings.processed_bucket) == 0
+    finally:
+        server.stop()

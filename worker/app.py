@@ -37,15 +37,28 @@ def _limit_memory(**_: Any) -> None:
     """A hard address-space limit for each prefork child, set as it starts: a decode
     that runs away fails with MemoryError inside its task (and a child that dies of
     it anyway is a crash the validation counts), instead of taking the host down.
-    Celery's --max-memory-per-child only looks after a task has finished."""
+    Celery's --max-memory-per-child only looks after a task has finished.
+
+    worker_process_init is sent in each prefork child and by the solo pool, never by
+    the threads or gevent pools, and that is meant: there the limit would bind the
+    whole worker, whose thread stacks and malloc arenas (64 MB of address space per
+    thread that allocates) reach it long before its real memory does, and a
+    MemoryError in one greenlet or thread takes the process with it. Such a pool is
+    bounded from outside, by its container's or unit's memory limit."""
     limit_mb = get_settings().worker_memory_limit_mb
     if limit_mb > 0:
         limit = limit_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-@signals.worker_process_init.connect
+@signals.worker_init.connect
 @signals.beat_init.connect
 def _init_sentry(**_: Any) -> None:
+    """Sentry in the worker's main process, before its pool starts, whatever the pool:
+    worker_init is sent by every worker, and the SDK's Celery integration must patch
+    Celery's tracer before the tracers are built (prefork children build theirs as
+    they start, before worker_process_init, so an SDK set up there never saw a task
+    fail). Prefork children inherit the set-up SDK; its transport starts a new
+    sending thread in a process whose pid is not the one that started it."""
     settings = get_settings()
     init_sentry(settings.sentry_dsn, settings.env, [CeleryIntegration()])

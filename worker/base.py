@@ -18,7 +18,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.core import metrics
 from shared.core.config import get_settings
-from shared.core.observability import reset_correlation_id, set_correlation_id
+from shared.core.observability import (
+    reset_correlation_id,
+    set_correlation_id,
+    tag_sentry_task_scope,
+)
 from shared.core.tasks import CORRELATION_HEADER, SENT_AT_HEADER, celery_app
 from shared.images.scanners import ScannerUnavailable
 from shared.services import Services
@@ -58,7 +62,9 @@ class AppTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         headers = getattr(self.request, "headers", None) or {}
-        token = set_correlation_id(headers.get(CORRELATION_HEADER) or self.request.id)
+        correlation_id = headers.get(CORRELATION_HEADER) or self.request.id
+        token = set_correlation_id(correlation_id)
+        tag_sentry_task_scope(correlation_id)
         sent_at = headers.get(SENT_AT_HEADER)
         if isinstance(sent_at, int | float):
             metrics.QUEUE_LATENCY.labels(task=self.name).observe(max(0.0, time.time() - sent_at))

@@ -17,6 +17,7 @@ from typing import Any
 
 import sentry_sdk
 from pythonjsonlogger.json import JsonFormatter
+from sentry_sdk.integrations.celery import CeleryIntegration
 
 _correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "correlation_id", default=None
@@ -162,8 +163,42 @@ def install_redaction(logger: logging.Logger | None = None) -> None:
 
 # --- Sentry ----------------------------------------------------------------
 
+CORRELATION_TAG = "correlation_id"
+# Request headers that carry credentials: the SDK filters them when it does not send
+# PII (our setting); removed here too, so no SDK upgrade or option can bring them back.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "x-api-key",
+                             "x-fal-webhook-signature"})
+
+
 def scrub_sentry_event(event: dict[str, Any], _hint: Any) -> dict[str, Any]:
+    """Sentry's before_send: the correlation id as a tag; no request body, cookie,
+    credential header or command line; every string redacted like a log line."""
+    correlation_id = current_correlation_id()
+    if correlation_id:
+        # A task's events already carry it (tag_sentry_task_scope): kept as it is.
+        event.setdefault("tags", {}).setdefault(CORRELATION_TAG, correlation_id)
+    extra = event.get("extra")
+    if isinstance(extra, dict):
+        extra.pop("sys.argv", None)  # a command line may carry a broker URL's password
+    request = event.get("request")
+    if isinstance(request, dict):
+        request.pop("data", None)  # a body is never sent (max_request_body_size too)
+        request.pop("cookies", None)
+        headers = request.get("headers")
+        if isinstance(headers, dict):
+            request["headers"] = {name: value for name, value in headers.items()
+                                  if str(name).lower() not in _SECRET_HEADERS}
     return redact_any(event)
+
+
+def tag_sentry_task_scope(correlation_id: str | None) -> None:
+    """Tag a task's Sentry events with its correlation id. The SDK's Celery
+    integration captures a failed task after the task base's __call__ has returned
+    (and reset the correlation id), so before_send cannot read it then: the tag goes
+    on the isolation scope the integration opened for this run. Without the
+    integration there is no per-run scope, and a tag would stick to the process's."""
+    if correlation_id and sentry_sdk.get_client().get_integration(CeleryIntegration):
+        sentry_sdk.get_isolation_scope().set_tag(CORRELATION_TAG, correlation_id)
 
 
 def init_sentry(dsn: str, environment: str, integrations: list[Any]) -> None:

@@ -7,15 +7,11 @@ arguments, or in the Sentry events that the real SDK sends to a local endpoint."
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
-import threading
 import uuid
-import zlib
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -27,59 +23,16 @@ from tests.conftest import assert_no_secrets, fixture_bytes
 from tests.faults.s3_proxy import FaultyS3Proxy
 from tests.integration.test_tryons import job_row, start_job, wait_done
 from tests.integration.test_upload_flow import presign, put, upload_ready
+from tests.sentry_inbox import SentryInbox, sentry_in_this_process
 
 ASTRONAUT = fixture_bytes("astronaut.jpg")
-
-
-class SentryInbox:
-    """A local Sentry: receives the SDK's real envelopes. It stays up for the rest of
-    the session, so the SDK, once initialised, never sends to a dead address."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[bytes] = []
-        inbox = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server API
-                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                encoding = self.headers.get("Content-Encoding", "")
-                if encoding == "gzip":
-                    data = gzip.decompress(data)
-                elif encoding == "deflate":
-                    data = zlib.decompress(data)
-                elif encoding == "br":
-                    import brotli
-
-                    data = brotli.decompress(data)
-                inbox.envelopes.append(data)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def dsn(self) -> str:
-        return f"http://public-key@127.0.0.1:{self.server.server_port}/1"
-
-    def text(self) -> str:
-        return "\n".join(e.decode("utf-8", "replace") for e in self.envelopes)
 
 
 @pytest.fixture(scope="session")
 def sentry() -> Iterator[SentryInbox]:
     import sentry_sdk
-    from sentry_sdk.integrations.flask import FlaskIntegration
 
-    from shared.core.observability import init_sentry
-
-    inbox = SentryInbox()
-    init_sentry(inbox.dsn, "test", [FlaskIntegration()])
-    yield inbox
+    yield sentry_in_this_process()
     sentry_sdk.flush(timeout=5)
     sentry_sdk.get_client().close()
 

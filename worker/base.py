@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from celery import Task
+from celery import Task, signals
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -21,7 +21,6 @@ from shared.core.config import get_settings
 from shared.core.observability import (
     reset_correlation_id,
     set_correlation_id,
-    tag_sentry_task_scope,
 )
 from shared.core.tasks import CORRELATION_HEADER, SENT_AT_HEADER, celery_app
 from shared.images.scanners import ScannerUnavailable
@@ -60,11 +59,14 @@ class AppTask(Task):
     def svc(self) -> Services:
         return services()
 
+    def correlation_id(self) -> str:
+        """The sender's correlation id (from the message), or this task's id."""
+        headers = getattr(self.request, "headers", None) or {}
+        return str(headers.get(CORRELATION_HEADER) or self.request.id)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         headers = getattr(self.request, "headers", None) or {}
-        correlation_id = headers.get(CORRELATION_HEADER) or self.request.id
-        token = set_correlation_id(correlation_id)
-        tag_sentry_task_scope(correlation_id)
+        token = set_correlation_id(self.correlation_id())
         sent_at = headers.get(SENT_AT_HEADER)
         if isinstance(sent_at, int | float):
             metrics.QUEUE_LATENCY.labels(task=self.name).observe(max(0.0, time.time() - sent_at))
@@ -74,6 +76,24 @@ class AppTask(Task):
         finally:
             metrics.TASK_DURATION.labels(task=self.name).observe(time.perf_counter() - started)
             reset_correlation_id(token)
+
+
+@signals.task_prerun.connect
+def _bind_correlation_id(task: Task, **_: Any) -> None:
+    """Celery logs a task's failure and its retries, and Sentry's integration captures
+    the failure, after __call__ has returned: the correlation id is set for the whole
+    run, from task_prerun to task_postrun, so those lines and the event carry it too
+    (__call__ sets it again, for a task called directly)."""
+    if isinstance(task, AppTask):
+        task.request.hf_correlation_token = set_correlation_id(task.correlation_id())
+
+
+@signals.task_postrun.connect
+def _unbind_correlation_id(task: Task, **_: Any) -> None:
+    token = getattr(task.request, "hf_correlation_token", None)
+    if token is not None:
+        task.request.hf_correlation_token = None
+        reset_correlation_id(token)
 
 
 # Delivery options by kind of work. Retries are for TRANSIENT errors only, bounded,

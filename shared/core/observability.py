@@ -17,7 +17,6 @@ from typing import Any
 
 import sentry_sdk
 from pythonjsonlogger.json import JsonFormatter
-from sentry_sdk.integrations.celery import CeleryIntegration
 
 _correlation_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "correlation_id", default=None
@@ -173,9 +172,10 @@ _SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "
 def scrub_sentry_event(event: dict[str, Any], _hint: Any) -> dict[str, Any]:
     """Sentry's before_send: the correlation id as a tag; no request body, cookie,
     credential header or command line; every string redacted like a log line."""
+    # Set for a request's whole handling (api/context.py) and a task's whole run,
+    # Celery's capture of its failure included (worker/base.py).
     correlation_id = current_correlation_id()
     if correlation_id:
-        # A task's events already carry it (tag_sentry_task_scope): kept as it is.
         event.setdefault("tags", {}).setdefault(CORRELATION_TAG, correlation_id)
     extra = event.get("extra")
     if isinstance(extra, dict):
@@ -189,16 +189,6 @@ def scrub_sentry_event(event: dict[str, Any], _hint: Any) -> dict[str, Any]:
             request["headers"] = {name: value for name, value in headers.items()
                                   if str(name).lower() not in _SECRET_HEADERS}
     return redact_any(event)
-
-
-def tag_sentry_task_scope(correlation_id: str | None) -> None:
-    """Tag a task's Sentry events with its correlation id. The SDK's Celery
-    integration captures a failed task after the task base's __call__ has returned
-    (and reset the correlation id), so before_send cannot read it then: the tag goes
-    on the isolation scope the integration opened for this run. Without the
-    integration there is no per-run scope, and a tag would stick to the process's."""
-    if correlation_id and sentry_sdk.get_client().get_integration(CeleryIntegration):
-        sentry_sdk.get_isolation_scope().set_tag(CORRELATION_TAG, correlation_id)
 
 
 def init_sentry(dsn: str, environment: str, integrations: list[Any]) -> None:

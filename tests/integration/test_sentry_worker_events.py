@@ -149,7 +149,7 @@ def test_a_task_that_fails_for_good_sends_one_event_with_its_correlation_id(
     expected = str(MEMORY_LIMIT_MB * 1024 * 1024) if worker.name == "prefork" else None
     assert [address_space_limit(int(child)) for child in children] == (
         [expected] if expected else [])
-    log = worker.log_tail(1000)
+    log = worker.log_path.read_text()
     assert len(broken_events) == 1, log
     assert len(exhausted_events) == 1, log
     # ...and nothing else: every event the worker sent is one of these two.
@@ -163,6 +163,11 @@ def test_a_task_that_fails_for_good_sends_one_event_with_its_correlation_id(
     assert event["tags"]["celery_task_id"] == exhausted
     assert event["exception"]["values"][-1]["type"] == "OperationalError"
     assert log.count(f"[{exhausted}] retry:") == MAX_RETRIES, log
+    # Celery's own lines on the failure and on each retry carry the id too.
+    for task_id, correlation_id in ((broken, broken_id), (exhausted, exhausted_id)):
+        lines = [json.loads(line) for line in log.splitlines()
+                 if f"[{task_id}] raised" in line or f"[{task_id}] retry:" in line]
+        assert {line["correlation_id"] for line in lines} == {correlation_id}, lines
     assert_nothing_secret(broken_events + exhausted_events)
 
 

@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 
-import sentry_sdk
-
 from shared.core.observability import (
     CORRELATION_TAG,
     reset_correlation_id,
     scrub_sentry_event,
     set_correlation_id,
-    tag_sentry_task_scope,
 )
 
 SIGNED = "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA%2Fx&X-Amz-Signature=deadbeef00"
@@ -57,10 +54,3 @@ def test_a_task_tag_already_on_the_event_is_kept_and_none_is_invented():
     finally:
         reset_correlation_id(token)
     assert "tags" not in scrub_sentry_event({"message": "outside any request"}, None)
-
-
-def test_without_the_celery_integration_a_task_tags_no_scope():
-    # In-process runs (tests, an SDK set up for the API only) have no per-task scope:
-    # a tag there would stay on the process's scope and mislabel later events.
-    tag_sentry_task_scope("corr-7")
-    assert CORRELATION_TAG not in sentry_sdk.get_isolation_scope()._tags

@@ -2,6 +2,8 @@
 and the process-wide concerns (logging, Sentry, correlation ids) wired in.
 
 Run: celery -A worker.app worker -Q default,uploads,tryons,tryons_done,maintenance
+(the queues are declared in shared/core/task_names.py; tests/unit/test_process_layout.py
+keeps the Procfile, compose and the dev stack in step)
 """
 
 from __future__ import annotations

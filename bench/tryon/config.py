@@ -11,9 +11,10 @@ from bench.common.launch import UNLIMITED_QUOTA, app_env
 from devstack.fal_emulator import FalEmulatorProcess
 from devstack.localstack import MotoS3
 from devstack.redis_server import RedisServer
+from shared.core.task_names import ALL_QUEUES
 
 DEV_SECRET = "tryon-bench-only-hs256-secret-0123456789abcdefghijklmnop"  # noqa: S105
-QUEUES = "default,uploads,tryons,tryons_done,maintenance"
+QUEUES = ",".join(ALL_QUEUES)  # declared once: shared/core/task_names.py
 STYLES = ["pixie-cut", "long-waves", "bob", "curly-afro", "buzz-cut", "copper-balayage"]
 
 Plan = list[tuple[str, str, str]]  # (user, upload id, hairstyle) per job

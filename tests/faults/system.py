@@ -27,11 +27,12 @@ from devstack.fal_emulator import FalEmulatorProcess, start_emulator_process
 from devstack.localstack import LocalStackS3
 from devstack.procs import ManagedProcess, free_port, port_accepts, wait_until
 from shared.core.config import Settings, load_settings
+from shared.core.task_names import ALL_QUEUES
 from tests.conftest import PG_ADMIN_URL
 from tests.faults.s3_proxy import FaultyS3Proxy
 
 REPO = Path(__file__).resolve().parents[2]
-QUEUES = "default,uploads,tryons,tryons_done,maintenance"
+QUEUES = ",".join(ALL_QUEUES)  # declared once: shared/core/task_names.py
 
 # The suite's settings: production defaults, except what makes a run short (the
 # deadline, backoff base, how often the beat looks) and limits a load test would hit.

@@ -31,6 +31,9 @@ def _procfile_command(name: str) -> str:
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWER_")}
+    # The Procfile defaults to production settings, which need a JWKS, fal and S3
+    # of their own; Flower's auth is what this test is about.
+    env["HAIRFLUENCER_ENV"] = "development"
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env

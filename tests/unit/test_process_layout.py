@@ -57,3 +57,31 @@ def test_every_worker_command_consumes_exactly_the_declared_queues():
     commands["devstack/dev.py worker"] = ["-Q", dev_queues]
     for where, argv in commands.items():
         assert sorted(queues_of(argv)) == sorted(ALL_QUEUES), where
+
+
+def test_compose_runs_a_try_on_in_production_shape():
+    services = compose_services()
+    app_services = set(services) - INFRASTRUCTURE
+    for name in app_services:
+        env = services[name]["environment"]
+        assert env["HAIRFLUENCER_ENV"] == "production", name
+        for needed in ("FAL_KEY", "WEBHOOK_SECRET", "PUBLIC_BASE_URL", "JWT_JWKS_URL"):
+            assert needed in env, (name, needed)
+        depends = services[name]["depends_on"]
+        assert all(depends[s]["condition"] == "service_healthy" for s in INFRASTRUCTURE), name
+        if name != "migrate":  # everything else waits for the release step
+            assert depends["migrate"] == {"condition": "service_completed_successfully"}, name
+    assert all("healthcheck" in services[s] for s in INFRASTRUCTURE)
+    assert [n for n, s in services.items() if "beat" in s.get("command", [])] == ["beat"]
+
+
+def test_the_image_leaves_development_state_out():
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".git", ".devstack/", ".venv/", "tests/", "bench/"} <= ignored
+
+
+def test_every_procfile_entry_runs_with_production_settings_by_default():
+    # A PaaS sets what it is told: HAIRFLUENCER_ENV unset would mean development,
+    # whose shortcuts (the HS256 dev secret, moto) production refuses.
+    for name, command in procfile().items():
+        assert command.startswith("export HAIRFLUENCER_ENV=${HAIRFLUENCER_ENV:-production} && "), name

@@ -13,9 +13,10 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
 fi
-stamp=".devstack/pip-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".devstack/pip-$(cat pyproject.toml devstack/pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install -q -e '.[test]'
+  # The project, and the development stack as its own distribution (the dev commands).
+  .venv/bin/python -m pip install -q -e '.[test]' -e ./devstack
   rm -f .devstack/pip-* && touch "$stamp"
 fi
 

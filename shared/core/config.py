@@ -20,9 +20,13 @@ from typing import Any
 from shared.core.media_hosts import MediaHosts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Where development defaults keep their state: a checkout's git-ignored .devstack/;
+# an installed wheel has no checkout (REPO_ROOT is then site-packages), so there it
+# is the working directory's .devstack/, never a path inside site-packages.
+STATE_DIR = (REPO_ROOT if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd()) / ".devstack"
 # Development-only HS256 secret shared by `hairfluencer dev` and `hairfluencer token`
 # of one checkout; git-ignored. Production never reads it (see _dev_secret).
-DEV_SECRET_FILE = REPO_ROOT / ".devstack" / "dev-jwt-secret"
+DEV_SECRET_FILE = STATE_DIR / "dev-jwt-secret"
 
 MIB = 1024 * 1024
 
@@ -41,7 +45,7 @@ def _env(name: str, default: str, doc: str, *, secret: bool = False) -> Any:
 class Settings:
     env: str = _env("HAIRFLUENCER_ENV", "development", "`development` or `production`; "
                      "production refuses development-only shortcuts (HS256 dev secret, moto).")
-    database_url: str = _env("DATABASE_URL", f"sqlite:///{REPO_ROOT / '.devstack' / 'hairfluencer.sqlite3'}",
+    database_url: str = _env("DATABASE_URL", f"sqlite:///{STATE_DIR / 'hairfluencer.sqlite3'}",
                              "SQLAlchemy URL. PostgreSQL: `postgresql+psycopg://user@host/db`.", secret=True)
     redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:6379/0",
                           "Redis for quotas, rate limits and idempotency keys.", secret=True)

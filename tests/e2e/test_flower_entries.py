@@ -69,7 +69,7 @@ def test_the_procfile_flower_asks_for_the_login_and_listens_on_loopback():
             with pytest.raises(OSError):
                 socket.create_connection((address, port), timeout=2).close()
         # the password travels in the environment, not in the arguments `ps` shows
-        args = subprocess.run(["ps", "-o", "args=", "-g", str(process.pid)],
+        args = subprocess.run(["ps", "-ww", "-o", "args=", "-g", str(process.pid)],  # -ww: whole lines
                               capture_output=True, text=True, timeout=10).stdout
         assert "flower" in args and password not in args
     finally:

@@ -44,6 +44,9 @@ from shared.services import Services
 from tests.integration.test_upload_flow import ASTRONAUT, sha256_b64, upload_ready
 from worker.base import use_services
 
+# Its own CI step (.ci/run, `-m fuzz`): generated inputs take their time.
+pytestmark = pytest.mark.fuzz
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT: dict[str, Any] = json.loads((ROOT / "docs" / "openapi.json").read_text())
 EXPLORE = bool(os.environ.get("BOUNDARY_EXPLORE"))

@@ -23,6 +23,9 @@ from hypothesis import HealthCheck, settings
 from api.app import create_app
 from shared.access.quota import QuotaService
 
+# Its own CI step (.ci/run, `-m fuzz`): generated inputs take their time.
+pytestmark = pytest.mark.fuzz
+
 CASES_PER_OPERATION = 25
 SCENARIOS = 50
 STEPS_PER_SCENARIO = 8

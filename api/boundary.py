@@ -79,9 +79,10 @@ def check_query() -> None:
     """Every query name and value (the cursor, a status, a locale…) is text we look
     up or compare in the database: the same refusal as in a body."""
     for name, value in request.args.items(multi=True):
-        if text_class := unstorable(name) or unstorable(value):
-            raise refuse("query", name if not unstorable(name) else "_query",
-                          refusal_message(text_class))
+        if text_class := unstorable(name):
+            raise refuse("query", "_query", refusal_message(text_class))
+        if text_class := unstorable(value):
+            raise refuse("query", name, refusal_message(text_class))
 
 
 def idempotency_key() -> str | None:

@@ -11,7 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.access.idempotency import IdempotencyStore
@@ -20,9 +23,16 @@ from shared.core.config import Settings
 from shared.core.db import make_engine, make_session_factory
 from shared.core.tasks import send
 from shared.fal.gateway import FalClientGateway, FalGateway
-from shared.images.scanners import Scanner, build_scanners
-from shared.storage.base import BucketStore, ObjectStorage
+from shared.images.scanners import Scanner, ScannerUnavailable, build_scanners
+from shared.storage.base import BucketStore, ObjectStorage, StorageUnavailable
 from shared.storage.s3 import S3Storage
+
+# What a dependency raises while it is down and comes back from: tasks retry these
+# (worker/base.py), and a validation gives its crash count back for them
+# (shared/uploads/validation.py).
+DEPENDENCY_FAILURES: tuple[type[BaseException], ...] = (
+    StorageUnavailable, ScannerUnavailable, ConnectionError, TimeoutError, OperationalError,
+    InterfaceError, RedisConnectionError, RedisTimeoutError)
 
 Dispatcher = Callable[..., bool]
 

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task, signals
-from redis.exceptions import ConnectionError as RedisConnectionError
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.core import metrics
 from shared.core.config import get_settings
@@ -23,14 +21,11 @@ from shared.core.observability import (
     set_correlation_id,
 )
 from shared.core.tasks import CORRELATION_HEADER, SENT_AT_HEADER, celery_app
-from shared.images.scanners import ScannerUnavailable
-from shared.services import Services
-from shared.storage.base import StorageUnavailable
+from shared.services import DEPENDENCY_FAILURES, Services
 
 # Dependencies that come back: storage, clamd, the database (a restart, a killed
 # connection), Redis. The work is idempotent by the state it checks first.
-TRANSIENT = (StorageUnavailable, ScannerUnavailable, ConnectionError, TimeoutError,
-             OperationalError, InterfaceError, RedisConnectionError)
+TRANSIENT = DEPENDENCY_FAILURES  # declared once, in the composition root
 
 _services: Services | None = None
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from limits import RateLimitItem, parse
 from limits.storage import RedisStorage
-from limits.strategies import FixedWindowRateLimiter, MovingWindowRateLimiter
+from limits.strategies import MovingWindowRateLimiter
 
 from shared.core.errors import AppError
 from shared.core.timeouts import redis_options
@@ -40,7 +40,6 @@ class QuotaService:
         self.redis_timeout = redis_timeout  # REDIS_TIMEOUT_SECONDS: each command's worst case
         storage = RedisStorage(redis_url, key_prefix=f"{namespace}:limits",
                                **redis_options(redis_timeout))
-        self._fixed = FixedWindowRateLimiter(storage)
         self._moving = MovingWindowRateLimiter(storage)
         self.limits = Limits(parse(f"{presign_daily}/day"), parse(user_rate), parse(ip_rate),
                              parse(f"{tryon_daily}/day"))
@@ -51,7 +50,7 @@ class QuotaService:
     def check_user_rate(self, user_id: str) -> None:
         self._hit(self._moving, self.limits.user_rate, "rate.limited", "user", user_id)
 
-    def _hit(self, limiter: FixedWindowRateLimiter | MovingWindowRateLimiter,
+    def _hit(self, limiter: MovingWindowRateLimiter,
              item: RateLimitItem, code: str, *identifiers: str) -> None:
         if limiter.hit(item, *identifiers):
             return
@@ -59,5 +58,5 @@ class QuotaService:
         raise AppError(code, retry_after=max(1, math.ceil(reset_at - time.time())))
 
     def ping(self) -> None:
-        if not self._fixed.storage.check():
+        if not self._moving.storage.check():
             raise ConnectionError("redis unreachable")

@@ -68,7 +68,7 @@ def db_connect_worst_case(s: Settings) -> float:
 
 
 def readiness_worst_case(s: Settings) -> float:
-    """The longest request path: GET /healthz/ready asks every dependency in turn
+    """The longest request path: GET /readyz asks every dependency in turn
     (the database, Redis, the broker and both buckets), even after one failed."""
     return (db_connect_worst_case(s) + s.redis_timeout_seconds + s.broker_timeout_seconds
             + 2 * s.s3_timeout_seconds)

@@ -33,20 +33,18 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import ColumnElement, and_, select, update
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared.core import audit, metrics
 from shared.core.db import updated_rows
 from shared.core.leases import LeaseKeeper
 from shared.images.sanitize import ImageRejected, SanitizedImage, inspect_and_decode, sanitize
-from shared.images.scanners import ScannerUnavailable, run_scanners
+from shared.images.scanners import run_scanners
 from shared.models import Upload, UploadStatus
-from shared.services import Services
-from shared.storage.base import ObjectMissing, StorageUnavailable, sha256_b64
+from shared.services import DEPENDENCY_FAILURES, Services
+from shared.storage.base import ObjectMissing, sha256_b64
 from shared.storage.keys import sanitized_key
 from shared.uploads.use_cases import remove_raw_bytes
 
@@ -58,14 +56,8 @@ MAX_CRASHES = 3
 # Room for "#<attempt>" after a task id in the 64-character owner column.
 MAX_OWNER_CHARS = 56
 
-# A dependency that fails and comes back (what the task retries, worker/base.py's
-# TRANSIENT, and a database error that invalidated its connection): never a crash.
-DEPENDENCY_FAILURES: tuple[type[BaseException], ...] = (
-    StorageUnavailable, ScannerUnavailable, ConnectionError, TimeoutError, OperationalError,
-    InterfaceError, RedisConnectionError, RedisTimeoutError)
-
-
 def is_dependency_failure(exc: BaseException) -> bool:
+    """One of DEPENDENCY_FAILURES, or a database error that invalidated its connection."""
     return isinstance(exc, DEPENDENCY_FAILURES) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated)
 

@@ -21,6 +21,18 @@ timeout = 30
 graceful_timeout = 20
 
 
+def when_ready(server: Any) -> None:
+    # With METRICS_PORT set, the master serves every worker's metrics (and the queue
+    # lengths) on that port, off the published one: started here, before the first
+    # worker is forked, it lives as long as the group (shared/core/metrics_server.py).
+    from shared.core.config import get_settings
+    from shared.core.metrics_server import broker_queue_lengths, serve_metrics
+
+    settings = get_settings()
+    if settings.metrics_port and (url := serve_metrics(settings, broker_queue_lengths())):
+        server.log.info("Metrics at %s", url)  # the master's logging is gunicorn's
+
+
 def child_exit(_server: Any, worker: Any) -> None:
     # Multi-process Prometheus metrics: drop a dead worker's live gauges.
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
 
-from flask import Blueprint, Response, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from flask import Blueprint, Response, abort, jsonify
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from sqlalchemy import text
 
 from api.context import app_services
+from shared.core.metrics_server import QueueLengths, multiprocess_dir, multiprocess_registry
 from shared.core.tasks import ping_broker, queue_lengths
 
 log = logging.getLogger(__name__)
@@ -63,40 +60,16 @@ def _check_storage() -> None:
 
 @blp.get("/metrics")
 def metrics() -> Response:
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # read by prometheus-client itself
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        text = generate_latest(registry)
-    else:
-        text = generate_latest()
+    if app_services().svc.settings.metrics_port:
+        # The API's metrics are on METRICS_PORT, served by gunicorn's master
+        # (api/gunicorn_conf.py), never on the published port.
+        abort(404)
+    directory = multiprocess_dir()
+    text = generate_latest(multiprocess_registry(directory) if directory else REGISTRY)
     return Response(text + generate_latest(_broker_registry()), mimetype=CONTENT_TYPE_LATEST)
-
-
-class QueueLengths(Collector):
-    """`celery_queue_length{queue}`, read from the broker at scrape time (a gauge that
-    no process holds: any API process answers it alike). A broker that does not answer
-    leaves it out and sets `celery_queue_length_up` to 0, never failing the scrape."""
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("celery_queue_length_up",
-                               "1 if the broker answered the queue-length read")
-        try:
-            lengths = queue_lengths()
-        except Exception as exc:  # noqa: BLE001 - a scrape must not fail on the broker
-            log.warning("queue lengths unavailable: %s", type(exc).__name__)
-            up.add_metric([], 0)
-            yield up
-            return
-        up.add_metric([], 1)
-        gauge = GaugeMetricFamily("celery_queue_length", "Messages waiting in a queue",
-                                  labels=["queue"])
-        for queue, length in lengths.items():
-            gauge.add_metric([queue], length)
-        yield gauge
-        yield up
 
 
 def _broker_registry() -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(QueueLengths())
+    registry.register(QueueLengths(queue_lengths))
     return registry

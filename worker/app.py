@@ -15,6 +15,7 @@ from typing import Any
 from celery import signals
 from sentry_sdk.integrations.celery import CeleryIntegration
 
+import worker.metrics_endpoint  # noqa: F401  - each worker's and beat's METRICS_PORT
 import worker.tasks  # noqa: F401  - registers the tasks on the app
 from shared.core.config import get_settings
 from shared.core.observability import configure_logging, init_sentry, install_redaction

@@ -64,7 +64,9 @@ class AppTask(Task):
         token = set_correlation_id(self.correlation_id())
         sent_at = headers.get(SENT_AT_HEADER)
         if isinstance(sent_at, int | float):
-            metrics.QUEUE_LATENCY.labels(task=self.name).observe(max(0.0, time.time() - sent_at))
+            queue = metrics.queue_label(self.request.delivery_info)
+            metrics.QUEUE_LATENCY.labels(task=self.name, queue=queue).observe(
+                max(0.0, time.time() - sent_at))
         started = time.perf_counter()
         try:
             return super().__call__(*args, **kwargs)

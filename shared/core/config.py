@@ -164,6 +164,16 @@ class Settings:
                                            "`connect_timeout`, whole seconds, at least 2).")
     db_pool_timeout_seconds: float = _env("DB_POOL_TIMEOUT_SECONDS", "2",
                                           "Longest wait for a free pooled connection.")
+    # Each process group's own scrape endpoint (shared/core/metrics_server.py)
+    metrics_port: int = _env("METRICS_PORT", "0",
+                             "Port of this process group's Prometheus endpoint, served by "
+                             "its main process (gunicorn's master, a Celery worker, beat) "
+                             "from its own PROMETHEUS_MULTIPROC_DIR; the API's public "
+                             "/metrics then answers 404. 0 = none (the API serves /metrics).")
+    metrics_address: str = _env("METRICS_ADDRESS", "127.0.0.1",
+                                "Address the METRICS_PORT endpoint listens on: 0.0.0.0 "
+                                "(or a private interface) for a scraper on another host, "
+                                "on a network that is not public.")
     # Workers
     worker_memory_limit_mb: int = _env("WORKER_MEMORY_LIMIT_MB", "2048",
                                        "Address-space limit of each worker child (RLIMIT_AS), so "
@@ -267,6 +277,8 @@ def _check(s: Settings) -> None:
         raise ConfigError("JWT_JWKS_FETCH_TIMEOUT_SECONDS must be above 0 and at most 10")
     if not 0 < s.jwt_jwks_refetch_seconds <= 60:
         raise ConfigError("JWT_JWKS_REFETCH_SECONDS must be above 0 and at most 60")
+    if not 0 <= s.metrics_port <= 65535:
+        raise ConfigError("METRICS_PORT must be between 0 and 65535")
     if s.db_connect_timeout_seconds < 2:
         raise ConfigError("DB_CONNECT_TIMEOUT_SECONDS must be at least 2 (libpq's minimum)")
     if s.s3_timeout_seconds < 2 or s.redis_timeout_seconds <= 0 or s.broker_timeout_seconds <= 0 \

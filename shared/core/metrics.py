@@ -1,12 +1,19 @@
 """Prometheus metrics. Labels are small closed sets (statuses, codes), never ids or URLs.
 
-Under gunicorn with several workers, set PROMETHEUS_MULTIPROC_DIR (read by
-prometheus-client itself) so /metrics aggregates all of them.
+Every process writes them into its process group's PROMETHEUS_MULTIPROC_DIR (read
+by prometheus-client itself); with METRICS_PORT set, the group's main process serves
+their sum (shared/core/metrics_server.py), else the API's /metrics serves its own
+directory (which the dev stack shares with its workers).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import Counter, Histogram
+
+from shared.core.task_names import ALL_QUEUES
 
 UPLOAD_ISSUED = Counter("upload_issued_total", "Presigned upload URLs issued")
 UPLOAD_CONFIRMED = Counter("upload_confirmed_total", "Uploads confirmed by the client")
@@ -15,8 +22,10 @@ UPLOAD_VALIDATED = Counter("upload_validation_total", "Deep validation outcomes"
 UPLOAD_REJECTED = Counter("upload_rejected_total", "Uploads rejected, by code", ["code"])
 API_ERRORS = Counter("api_errors_total", "Error responses, by code", ["code"])
 TASK_DURATION = Histogram("task_duration_seconds", "Celery task run time", ["task"])
+# `queue`: the queue the message was delivered from (its routing key), one of ALL_QUEUES.
 QUEUE_LATENCY = Histogram("task_queue_latency_seconds",
-                          "Time from enqueue to a worker starting the task", ["task"],
+                          "Time from enqueue to a worker starting the task, by task and queue",
+                          ["task", "queue"],
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 FAL_SUCCESS = Counter("fal_request_success_total", "fal.ai requests that succeeded")
 FAL_DURATION = Histogram("fal_request_duration_seconds", "fal.ai request duration",
@@ -51,3 +60,10 @@ TRYON_TAKEOVERS = Counter("tryon_claims_taken_over_total",
 VALIDATION_TAKEOVERS = Counter("upload_validation_taken_over_total",
                                "Validations claimed again after their claimant died")
 ERASURES = Counter("user_erasures_total", "Erasure runs, by outcome", ["outcome"])
+
+
+def queue_label(delivery_info: Mapping[str, Any] | None) -> str:
+    """The queue a message came from, as a label of a closed set: one of ours, else
+    `other` (a routing key is whatever the sender wrote)."""
+    queue = (delivery_info or {}).get("routing_key")
+    return queue if queue in ALL_QUEUES else "other"

@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from shared.core.config import ConfigError, Settings
+from shared.core.config import Settings
 from shared.core.tasks import queue_lengths
 
 log = logging.getLogger(__name__)
@@ -104,17 +104,19 @@ def broker_queue_lengths() -> QueueLengths:
 def serve_metrics(settings: Settings, *collectors: Collector) -> str | None:
     """Serve this process group's metrics (and `collectors`) on METRICS_PORT; call it
     in the group's main process as it starts, before any child is forked. Its URL, or
-    None when no port is set or the port could not be opened (logged: the group goes
-    on working, and the scraper sees the target down)."""
+    None when no port is set, or when the endpoint cannot be served: logged as an
+    error, and the group goes on working (metrics are not worth its work; the scraper
+    sees the target down)."""
     global _server
     if not settings.metrics_port or _server is not None:
         return None
     directory = multiprocess_dir()
     if directory is None:
-        # Without it each prefork child or gunicorn worker would count in its own
-        # memory, and this endpoint would show none of it.
-        raise ConfigError(f"METRICS_PORT needs {MULTIPROC_ENV}: a directory of this "
-                          "process group's own")
+        # Without it each prefork child or gunicorn worker counts in its own memory,
+        # and this endpoint would show none of it.
+        log.error("metrics endpoint not started: METRICS_PORT needs %s, a directory of "
+                  "this process group's own", MULTIPROC_ENV)
+        return None
     removed = remove_finished_processes_files(directory)
     registry = multiprocess_registry(directory)
     for collector in collectors:

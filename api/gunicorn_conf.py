@@ -9,7 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from gunicorn.workers.gthread import ThreadWorker
 from prometheus_client import multiprocess
+
+from shared.core.config import get_settings
+from shared.core.db import declare_process_concurrency
+from shared.core.metrics_server import broker_queue_lengths, serve_metrics
 
 # Sends gunicorn's own 414 and 431 refusals in the API's error envelope.
 worker_class = "api.gunicorn_worker.ApiWorker"
@@ -25,9 +30,6 @@ def when_ready(server: Any) -> None:
     # With METRICS_PORT set, the master serves every worker's metrics (and the queue
     # lengths) on that port, off the published one: started here, before the first
     # worker is forked, it lives as long as the group (shared/core/metrics_server.py).
-    from shared.core.config import get_settings
-    from shared.core.metrics_server import broker_queue_lengths, serve_metrics
-
     settings = get_settings()
     if settings.metrics_port and (url := serve_metrics(settings, broker_queue_lengths())):
         server.log.info("Metrics at %s", url)  # the master's logging is gunicorn's
@@ -37,3 +39,10 @@ def child_exit(_server: Any, worker: Any) -> None:
     # Multi-process Prometheus metrics: drop a dead worker's live gauges.
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(worker.pid)
+
+
+def post_fork(server: Any, _worker: Any) -> None:
+    # Before the worker loads the app: its database pool holds one connection per
+    # request it serves at once (a sync worker one, a gthread worker its threads).
+    threaded = issubclass(server.cfg.worker_class, ThreadWorker)
+    declare_process_concurrency(server.cfg.threads if threaded else 1)

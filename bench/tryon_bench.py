@@ -1,12 +1,15 @@
 """Try-ons under load: 1,000 jobs in flight against the whole stack, in webhook mode.
 
-    .venv/bin/python bench/tryon_bench.py                      # sync:2/prefork:2 (~4 min)
+    .venv/bin/python bench/tryon_bench.py                      # sync:2/pools (~4 min)
     .venv/bin/python bench/tryon_bench.py --jobs 1000 --latency 10 \\
-        --configs sync:2/prefork:2,sync:2/prefork:4,sync:2/threads:8,gthread:2x4/prefork:2
+        --configs 'sync:2/pools,sync:2/prefork:2,sync:2/pools;fal=threads:32'
     .venv/bin/python bench/tryon_bench.py --jobs 100 --run2-jobs 50 --run2-concurrency 1  # quick
 
 Config syntax: API/worker, `sync:N` or `gthread:NxT` gunicorn workers (x threads),
-then `prefork:C`, `threads:C` or `solo:1` Celery pool and concurrency.
+then the worker layout: `pools` (the dev stack's: one Celery worker per pool declared
+in shared/core/pools.py), `pools;name=kind:C` to change one pool, `pools;name=kind:C@q1+q2`
+to add one that takes those queues from the others, or `prefork:C` / `threads:C` for a
+single worker on every queue (the layout before pools by kind).
 
 What it does (everything on 127.0.0.1; every wait is bounded; every process it starts
 is stopped by PID / process group, and the database is dropped, also on failure):
@@ -19,7 +22,7 @@ Setup (not timed)
   - the fal emulator as a subprocess (devstack.fal_emulator.start_emulator_process),
     latency --latency s, --emulator-workers threads, webhooks signed as fal does;
   - the API under gunicorn (`-c python:api.gunicorn_conf`, WEBHOOK mode: PUBLIC_BASE_URL
-    points at it), celery beat, and a Celery worker on default,uploads,tryons,tryons_done,maintenance;
+    points at it), celery beat, and one Celery worker per pool of the layout;
   - one environment for every process: JWT_DEV_SECRET set explicitly (the bench signs
     the dev tokens with it), quotas and rate limits lifted (still counted in Redis),
     PROMETHEUS_MULTIPROC_DIR shared by API and worker so /metrics shows task timings;
@@ -29,7 +32,8 @@ Setup (not timed)
 Run 1, once per --configs entry (API gunicorn and Celery worker restarted, broker purged)
   --jobs POST /v1/try-ons (Idempotency-Key, as the app sends) from --client-threads
   threads as fast as they go; measured: first POST -> last job `succeeded` (try_ons
-  table), POST latency p50/p99, failures, worker peak RSS (VmRSS of the Celery main
+  table), POST latency p50/p99, failures, PSS of every process idle and after the run, idle CPU per
+  process, worker peak RSS (VmRSS of the Celery main
   process + children every 0.5 s: peak of the sum and of the largest process), CPU
   seconds per process group, per-job stage timings (see below), task timings.
 

@@ -94,11 +94,21 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
         hairfluencer = _bin("hairfluencer")
         _setup_step([hairfluencer, "migrate"], env)
         _setup_step([hairfluencer, "setup-storage"], env)
+        # One Celery worker per pool (shared/core/pools.py; tests/unit/test_process_layout.py
+        # holds these lists to it), each with its own log.
+        pools = {
+            "validation": ["-Q", "uploads", "-P", "prefork", "-c", str(workers),
+                           "--max-tasks-per-child", "200"],
+            "fal": ["-Q", "tryons,tryons_done", "-P", "threads", "-c", "16"],
+            "maintenance": ["-Q", "maintenance,default", "-P", "prefork", "-c", "1",
+                            "--max-tasks-per-child", "100"],
+        }
         processes = [
-            ManagedProcess([_bin("celery"), "-A", "worker.app", "worker",
-                            "-Q", "default,uploads,tryons,tryons_done,maintenance", "-c", str(workers),
-                            "--loglevel", "INFO", "-n", f"dev-{port}@%h"],
-                           logs / "worker.log", env=env, cwd=REPO_ROOT, name="worker"),
+            *(ManagedProcess([_bin("celery"), "-A", "worker.app", "worker", *argv,
+                              "--loglevel", "INFO", "-n", f"{pool}-{port}@%h"],
+                             logs / f"worker-{pool}.log", env=env, cwd=REPO_ROOT,
+                             name=f"worker-{pool}")
+              for pool, argv in pools.items()),
             ManagedProcess([_bin("celery"), "-A", "worker.app", "beat", "--loglevel", "INFO",
                             "-s", str(data_dir / "beat-schedule")],
                            logs / "beat.log", env=env, cwd=REPO_ROOT, name="beat"),
@@ -158,7 +168,8 @@ def _ready(base: str) -> bool:
 @click.option("--port", default=8000, show_default=True, help="API port (0 = a free one).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=DEFAULT_DATA_DIR,
               show_default=True, help="Where the SQLite file, logs and S3 data live.")
-@click.option("--workers", default=2, show_default=True, help="Celery worker concurrency.")
+@click.option("--workers", default=2, show_default=True,
+              help="Concurrency of the validation pool (prefork children).")
 @click.option("--fal-latency", default=2.0, show_default=True,
               help="Seconds the fal emulator spends on each job.")
 @click.option("--no-flower", "no_flower", is_flag=True, default=False,

@@ -7,7 +7,8 @@ tryons, privacy). Domain code reaches storage only through the bound stores.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -15,24 +16,30 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.access.idempotency import IdempotencyStore
+from shared.core.broker_view import BrokerUnreadable, Pending, RedisBrokerView
 from shared.core.clock import Clock, utcnow
 from shared.core.config import Settings
 from shared.core.db import make_engine, make_session_factory
+from shared.core.task_names import DEFAULT_QUEUE, QUEUES
 from shared.core.tasks import send
 from shared.fal.gateway import FalClientGateway, FalGateway
 from shared.images.scanners import Scanner, ScannerUnavailable, build_scanners
 from shared.storage.base import BucketStore, ObjectStorage, StorageUnavailable
 from shared.storage.s3 import S3Storage
 
+log = logging.getLogger(__name__)
+
 # What a dependency raises while it is down and comes back from: tasks retry these
 # (worker/base.py), and a validation gives its crash count back for them
-# (shared/uploads/validation.py).
+# (shared/uploads/validation.py). A pool timeout is one too: every connection of the
+# process was busy for DB_POOL_TIMEOUT_SECONDS, which passes.
 DEPENDENCY_FAILURES: tuple[type[BaseException], ...] = (
     StorageUnavailable, ScannerUnavailable, ConnectionError, TimeoutError, OperationalError,
-    InterfaceError, RedisConnectionError, RedisTimeoutError)
+    InterfaceError, PoolTimeoutError, RedisConnectionError, RedisTimeoutError)
 
 Dispatcher = Callable[..., bool]
 
@@ -45,14 +52,33 @@ class Services:
     storage: ObjectStorage
     clock: Clock = utcnow
     dispatch: Dispatcher = field(default=send)
+    # What the broker holds (the reconcilers leave waiting work alone); None where it
+    # cannot be read, and then they re-send by age alone.
+    broker: RedisBrokerView | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         engine = make_engine(settings.database_url,
                              connect_timeout=settings.db_connect_timeout_seconds,
-                             pool_timeout=settings.db_pool_timeout_seconds)
+                             pool_timeout=settings.db_pool_timeout_seconds,
+                             statement_timeout=settings.db_statement_timeout_seconds)
+        broker_url = settings.celery_broker_url
+        broker = RedisBrokerView(broker_url, settings.broker_timeout_seconds) \
+            if broker_url.startswith(("redis://", "rediss://")) else None
         return cls(settings=settings, engine=engine, sessions=make_session_factory(engine),
-                   storage=S3Storage(settings))
+                   storage=S3Storage(settings), broker=broker)
+
+    def messages_in_broker(self, tasks: Collection[str]) -> Pending | None:
+        """The messages of these tasks waiting in their queues or held by a live
+        worker, by task; None where the broker cannot be read (callers go by age)."""
+        if self.broker is None:
+            return None
+        queues = dict.fromkeys(QUEUES.get(task, DEFAULT_QUEUE) for task in tasks)
+        try:
+            return self.broker.pending(queues, tasks)
+        except BrokerUnreadable as exc:
+            log.warning("broker unreadable (%s): re-sending by age alone", exc)
+            return None
 
     # Properties, not fields: they follow `storage` and `settings` if a test swaps them.
     @property

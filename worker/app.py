@@ -1,9 +1,9 @@
 """The worker's Celery application: shared.core.tasks's app with the tasks registered
 and the process-wide concerns (logging, Sentry, correlation ids) wired in.
 
-Run: celery -A worker.app worker -Q default,uploads,tryons,tryons_done,maintenance
-(the queues are declared in shared/core/task_names.py; tests/unit/test_process_layout.py
-keeps the Procfile, compose and the dev stack in step)
+Run one worker per pool, e.g. celery -A worker.app worker -n fal@%h -Q tryons,tryons_done
+-P threads -c 16 (the pools are declared in shared/core/pools.py;
+tests/unit/test_process_layout.py keeps the Procfile, compose and the dev stack in step)
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from celery import signals
 from sentry_sdk.integrations.celery import CeleryIntegration
 
 import worker.metrics_endpoint  # noqa: F401  - each worker's and beat's METRICS_PORT
+import worker.pool_setup  # noqa: F401  - sizes the database pool to the worker pool
 import worker.tasks  # noqa: F401  - registers the tasks on the app
 from shared.core.config import get_settings
 from shared.core.observability import configure_logging, init_sentry, install_redaction

@@ -76,3 +76,16 @@ def system_busy_seconds() -> float:
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size (kB) from /proc/<pid>/smaps_rollup: shared pages (a
+    prefork child's inherited code) counted once across the processes sharing them,
+    where RSS counts them in each; 0 when it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

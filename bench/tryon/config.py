@@ -4,13 +4,15 @@ one environment every process of the stack gets."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.common.launch import UNLIMITED_QUOTA, app_env
 from devstack.fal_emulator import FalEmulatorProcess
 from devstack.localstack import MotoS3
 from devstack.redis_server import RedisServer
+from shared.core.pools import POOLS, Pool
 from shared.core.task_names import ALL_QUEUES
 
 DEV_SECRET = "tryon-bench-only-hs256-secret-0123456789abcdefghijklmnop"  # noqa: S105
@@ -45,15 +47,58 @@ def stack_env(db_url: str, s3: MotoS3, redis: RedisServer, fal: FalEmulatorProce
     )
 
 
+def pool_label(pool: Pool) -> str:
+    return f"{pool.name}={pool.kind}:{pool.concurrency}"
+
+
+def _declared() -> list[Pool]:
+    """The declared pools, each with its concurrency resolved (cores for None)."""
+    return [replace(p, concurrency=p.concurrency or os.cpu_count() or 1) for p in POOLS]
+
+
+def parse_layout(text: str) -> tuple[Pool, ...]:
+    """`prefork:2` (one worker on every queue, as before pools by kind), `pools` (the
+    layout declared in shared/core/pools.py, which the dev stack runs), or `pools`
+    followed by `;name=kind:C` overrides and `;name=kind:C@q1+q2` additions (queues
+    named there leave the pools that had them; a pool left without one is dropped):
+    `pools;fal=threads:32`, `pools;finish=threads:8@tryons_done`."""
+    head, *changes = text.split(";")
+    if head != "pools":
+        kind, _, c = head.partition(":")
+        if changes or kind not in ("prefork", "threads", "solo"):
+            raise argparse.ArgumentTypeError(f"bad worker layout {text!r}")
+        return (Pool("all", ALL_QUEUES, kind, int(c or 2)),)
+    pools = {p.name: p for p in _declared()}
+    for change in changes:
+        name, _, spec = change.partition("=")
+        kind_c, _, queues = spec.partition("@")
+        kind, _, c = kind_c.partition(":")
+        if kind not in ("prefork", "threads", "solo") or not c.isdigit():
+            raise argparse.ArgumentTypeError(f"bad pool {change!r} in {text!r}")
+        moved = tuple(queues.split("+")) if queues else None
+        if moved is None and name not in pools:
+            raise argparse.ArgumentTypeError(f"new pool {name!r} needs @queues")
+        if moved:
+            pools = {n: replace(p, queues=tuple(q for q in p.queues if q not in moved))
+                     for n, p in pools.items()}
+        queues_of = moved or pools[name].queues
+        base = pools.get(name) or Pool(name, queues_of, kind, None)
+        pools[name] = replace(base, kind=kind, concurrency=int(c), queues=queues_of,
+                              max_tasks_per_child=base.max_tasks_per_child if kind == "prefork"
+                              else None)
+    return tuple(p for p in pools.values() if p.queues)
+
+
 @dataclass(frozen=True)
 class Config:
-    """One API + worker shape, written `sync:2/prefork:4` or `gthread:2x4/threads:8`."""
+    """One API + worker shape, written `sync:2/pools`, `sync:2/prefork:4` or
+    `gthread:2x4/pools;fal=threads:32`."""
 
     api_kind: str
     api_workers: int
     api_threads: int
-    pool: str
-    concurrency: int
+    layout: str
+    pools: tuple[Pool, ...]
 
     @classmethod
     def parse(cls, text: str) -> Config:
@@ -63,13 +108,13 @@ class Config:
         if "x" in n:
             n, t = n.split("x", 1)
             threads = int(t)
-        pool, _, c = wk.partition(":")
-        if kind not in ("sync", "gthread") or pool not in ("prefork", "threads", "solo"):
+        if kind not in ("sync", "gthread"):
             raise argparse.ArgumentTypeError(f"bad config {text!r}")
-        return cls(kind, int(n or 2), threads if kind == "gthread" else 1, pool, int(c or 2))
+        return cls(kind, int(n or 2), threads if kind == "gthread" else 1, wk or "pools",
+                   parse_layout(wk or "pools"))
 
     @property
     def label(self) -> str:
         api = f"{self.api_kind}:{self.api_workers}" + (
             f"x{self.api_threads}" if self.api_kind == "gthread" else "")
-        return f"{api}/{self.pool}:{self.concurrency}"
+        return f"{api}/{self.layout}"

@@ -17,7 +17,7 @@ from bench.common.stats import summary_ms
 from bench.tryon.clients import Post, closed_loop, fire_all
 from bench.tryon.config import Plan
 from bench.tryon.cpu import cpu_groups, cpu_seconds
-from bench.tryon.logs import api_log_latency, file_size, task_spans, worker_log_tasks
+from bench.tryon.logs import api_log_latency, file_size, offsets, task_spans, worker_log_tasks
 from bench.tryon.metrics import metric_deltas, scrape_metrics
 from bench.tryon.records import job_rows, stage_profile
 from bench.tryon.samplers import Progress, RssSampler
@@ -40,8 +40,9 @@ class Window:
         self.since = datetime.now(UTC)
         time.sleep(0.05)
         self.metrics0 = scrape_metrics(stack.base)
-        self.wlog, self.alog = stack.worker.log_path, stack.api.log_path  # type: ignore[union-attr]
-        self.woff, self.aoff = file_size(self.wlog), file_size(self.alog)
+        self.wlogs = offsets(stack.worker_logs())
+        self.alog = stack.api.log_path  # type: ignore[union-attr]
+        self.aoff = file_size(self.alog)
         self.rss = RssSampler(stack.worker_pids)
         self.rss.start()
 
@@ -52,9 +53,9 @@ class Window:
         emu = self.fal.stats(include_requests=True)
         rows = job_rows(db, self.since)
         return rows, emu, {
-            "stages": stage_profile(rows, emu, self.latency, task_spans(self.wlog, self.woff)),
+            "stages": stage_profile(rows, emu, self.latency, task_spans(self.wlogs)),
             "tasks_metrics": metric_deltas(self.metrics0, metrics1),
-            "tasks_log": worker_log_tasks(self.wlog, self.woff),
+            "tasks_log": worker_log_tasks(self.wlogs),
             "api_log": api_log_latency(self.alog, self.aoff),
         }
 
@@ -110,7 +111,9 @@ def run_burst(stack: Stack, fal: FalEmulatorProcess, db: str, plan: Plan,
     last_done = max((r["completed_at"].timestamp() for r in done_rows), default=None)
     invoked = [r["invoked_at"].timestamp() for r in rows if r["invoked_at"]]
     n_jobs = max(1, len(accepted))
+    runs = observed["tasks_metrics"].get("tryons.run", {}).get("run_n") or 0
     return {
+        "tryons_run_deliveries_per_job": round(runs / n_jobs, 3),
         "config": stack.config.label,  # type: ignore[union-attr]
         "jobs_planned": len(plan),
         "accepted_202": len(accepted),

@@ -32,12 +32,23 @@ def _lines(log_path: Path, offset: int) -> Iterator[bytes]:
         yield from f
 
 
-def worker_log_tasks(log_path: Path, offset: int) -> dict[str, Any]:
-    """Celery's own 'succeeded in' run times and the pipeline's submit times."""
+def offsets(paths: list[Path]) -> dict[Path, int]:
+    """Where each log ends now: a run reads what was written after."""
+    return {path: file_size(path) for path in paths}
+
+
+def _all_lines(logs: dict[Path, int]) -> Iterator[bytes]:
+    for path, offset in logs.items():
+        yield from _lines(path, offset)
+
+
+def worker_log_tasks(logs: dict[Path, int]) -> dict[str, Any]:
+    """Celery's own 'succeeded in' run times and the pipeline's submit times, over
+    every pool's worker log."""
     runs: dict[str, list[float]] = defaultdict(list)
     submit: list[float] = []
     other: Counter[str] = Counter()
-    for raw in _lines(log_path, offset):
+    for raw in _all_lines(logs):
         line = raw.decode(errors="replace")
         m = _SUCCEEDED.search(line)
         if m:
@@ -56,11 +67,11 @@ def worker_log_tasks(log_path: Path, offset: int) -> dict[str, Any]:
     return out
 
 
-def task_spans(log_path: Path, offset: int) -> dict[str, dict[str, tuple[float, float]]]:
+def task_spans(logs: dict[Path, int]) -> dict[str, dict[str, tuple[float, float]]]:
     """task name -> job id -> (start, end) wall clock, from Celery's 'succeeded in' lines
     (logged time - runtime = start; the first argument of every tryons.* task is the job)."""
     spans: dict[str, dict[str, tuple[float, float]]] = defaultdict(dict)
-    for raw in _lines(log_path, offset):
+    for raw in _all_lines(logs):
         if b"succeeded in" not in raw:
             continue
         try:

@@ -36,6 +36,11 @@ def print_burst(res: dict[str, Any]) -> None:
     print(f"  first POST -> last succeeded: {res['makespan_to_last_succeeded_s']} s "
           f"(all done: {res['all_done']}); posting took {res['posting_s']} s "
           f"({res['post_rate_per_s']}/s); all invoked after {res['all_invoked_after_s']} s")
+    five_a = next((v for k, v in res["stages"].items() if k.startswith("5a")), {})
+    four = next((v for k, v in res["stages"].items() if k.startswith("4 ")), {})
+    print(f"  stage 5a (webhook sent -> tryons.complete starts) p99 {five_a.get('p99')} ms "
+          f"(stage 4, the emulator's webhook pool: p99 {four.get('p99')} ms); "
+          f"tryons.run deliveries per job {res.get('tryons_run_deliveries_per_job')}")
     pl = res["post_latency_ms"]
     print(f"  POST latency p50 {pl.get('p50')} ms, p99 {pl.get('p99')} ms, max {pl.get('max')} ms;"
           f" failed {res['failed']}; statuses {res['statuses']}; POST errors {res['post_errors']}")
@@ -44,8 +49,21 @@ def print_burst(res: dict[str, Any]) -> None:
           f"{w['peak_largest_process_mib']} MiB ({w['processes']} processes)")
     print(f"  CPU s: {res['cpu_seconds']} (machine busy {res['machine_busy_cpu_s']} s, "
           f"{res['machine_busy_fraction'] * 100:.0f} % of {os.cpu_count()} cores over {res['wall_s']} s)")
+    print_layout(res.get("layout"))
     print_stages(res["stages"])
     print_tasks(res)
+
+
+def print_layout(layout: dict[str, Any] | None) -> None:
+    """PSS (MiB, idle and after the run) and idle CPU (ms/s) of each process."""
+    if not layout:
+        return
+    print("  process group           PSS idle (MiB)      PSS after (MiB)     idle CPU (ms/s)")
+    for name, idle in layout["pss_mib_idle"].items():
+        after = layout["pss_mib_after"].get(name, [])
+        cpu = layout["idle_cpu_ms_per_s"].get(name, [])
+        print(f"  {name:<24}{sum(idle):>7.1f} {str(idle):<12}{sum(after):>7.1f} "
+              f"{str(after):<12}{sum(cpu):>6.1f} {cpu}")
 
 
 def print_overhead(r2: dict[str, Any]) -> None:

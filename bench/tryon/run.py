@@ -16,6 +16,7 @@ from bench.common.machine import loadavg
 from bench.common.paths import REPO_ROOT, VENV_BIN
 from bench.tryon.config import Config, plan_jobs, stack_env
 from bench.tryon.guards import arm, disarm, wait_for_others
+from bench.tryon.layout import layout_costs, pss_by_process
 from bench.tryon.load import run_burst, run_overhead
 from bench.tryon.profile import component_profile, micro_costs
 from bench.tryon.report import print_burst, print_micro, print_overhead, print_profile
@@ -36,9 +37,11 @@ def _setup_storage(env: dict[str, str]) -> None:
         raise RuntimeError(f"setup-storage failed: {r.stdout}{r.stderr}")
 
 
-def _before_run(stack: Stack, config: Config, args: argparse.Namespace, restart: bool = True) -> None:
-    """A fresh API and worker and an empty broker (unless `restart` is False), other
-    load waited for; then the run's hard timeout is armed."""
+def _before_run(stack: Stack, config: Config, args: argparse.Namespace,
+                restart: bool = True) -> dict[str, Any]:
+    """A fresh API and workers and an empty broker (unless `restart` is False), other
+    load waited for; then the run's hard timeout is armed. Returns the layout's
+    idle costs (PSS and CPU of each process)."""
     if restart:
         arm(180)
         stack.stop_app()
@@ -47,8 +50,10 @@ def _before_run(stack: Stack, config: Config, args: argparse.Namespace, restart:
     disarm()
     if not args.no_wait:
         wait_for_others()
-    time.sleep(3)  # let the fresh worker settle
+    time.sleep(3)  # let the fresh workers settle
+    costs = layout_costs(stack)
     arm(args.run_timeout + 240)
+    return costs
 
 
 def run_all(args: argparse.Namespace, configs: list[Config], run2_config: Config,
@@ -88,11 +93,12 @@ def run_all(args: argparse.Namespace, configs: list[Config], run2_config: Config
     plan = plan_jobs(users, uploads, args.jobs)
     run_tag = uuid.uuid4().hex[:8]
     for n, config in enumerate(configs if args.jobs > 0 else []):
-        _before_run(stack, config, args, restart=bool(n) or stack.config != config)
+        idle = _before_run(stack, config, args, restart=bool(n) or stack.config != config)
         print(f"\nRun 1 [{config.label}] {args.jobs} try-ons, latency {args.latency} s, "
               f"load {loadavg()}", flush=True)
         res = run_burst(stack, fal, db, plan, tokens, args, others, f"{run_tag}-r1-{n}")
         res["latency_s"] = args.latency
+        res["layout"] = {**idle, "pss_mib_after": pss_by_process(stack)}
         result["runs"].append(res)
         print_burst(res)
     if not args.skip_run2:

@@ -1,5 +1,6 @@
-"""The app part of the stack: API (gunicorn, webhook mode), Celery worker and beat,
-restarted per configuration around long-lived S3, Redis, emulator and database."""
+"""The app part of the stack: API (gunicorn, webhook mode), one Celery worker per pool
+of the layout, and beat, restarted per configuration around long-lived S3, Redis,
+emulator and database."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ class Stack:
         self.base = f"http://127.0.0.1:{api_port}"
         self.logs = logs
         self.api: ManagedProcess | None = None
-        self.worker: ManagedProcess | None = None
+        self.workers: list[ManagedProcess] = []
         self.beat: ManagedProcess | None = None
         self.config: Config | None = None
         self._n = itertools.count()
@@ -56,20 +57,22 @@ class Stack:
         self.api = start_ready([*api_cmd, "api.wsgi:app"],
                                self.logs / f"api-{n}-{_slug(config.label)}.log", self.env, "api",
                                f"{self.base}/readyz", READY_TIMEOUT)
-        worker = ManagedProcess(
-            _celery("worker", "-Q", QUEUES, "-P", config.pool, "-c", str(config.concurrency),
-                    "--loglevel", "INFO", "-n", f"tryon-bench-{n}@%h"),
-            self.logs / f"worker-{n}-{_slug(config.label)}.log", env=self.env, cwd=REPO_ROOT,
-            name="worker")
-        self.worker = worker.start_until_ready(
-            lambda: "ready." in worker.log_path.read_text(errors="replace"), READY_TIMEOUT,
-            interval=0.3)
+        for pool in config.pools:
+            worker = ManagedProcess(
+                _celery("worker", *pool.worker_argv(), "--loglevel", "INFO",
+                        "-n", f"{pool.name}-bench-{n}@%h"),
+                self.logs / f"worker-{n}-{_slug(config.label)}-{pool.name}.log", env=self.env,
+                cwd=REPO_ROOT, name=f"worker-{pool.name}")
+            self.workers.append(worker.start_until_ready(
+                lambda w=worker: "ready." in w.log_path.read_text(errors="replace"),  # type: ignore[misc]
+                READY_TIMEOUT, interval=0.3))
 
     def stop_app(self) -> None:
-        for proc in (self.worker, self.api):
+        for proc in (*self.workers, self.api):
             if proc is not None:
                 proc.stop(timeout=20)
-        self.worker = self.api = None
+        self.workers = []
+        self.api = None
 
     def stop(self) -> None:
         self.stop_app()
@@ -84,7 +87,14 @@ class Stack:
                        capture_output=True, timeout=60, check=False)
 
     def worker_pids(self) -> list[int]:
-        return descendants(self.worker.pid) if self.worker and self.worker.pid else []
+        return [pid for w in self.workers if w.pid for pid in descendants(w.pid)]
+
+    def pool_pids(self) -> dict[str, list[int]]:
+        """Each pool's worker: its main process and children."""
+        return {w.name: descendants(w.pid) for w in self.workers if w.pid}
+
+    def worker_logs(self) -> list[Path]:
+        return [w.log_path for w in self.workers]
 
     def api_pids(self) -> list[int]:
         return descendants(self.api.pid) if self.api and self.api.pid else []

@@ -164,6 +164,11 @@ class Settings:
                                            "`connect_timeout`, whole seconds, at least 2).")
     db_pool_timeout_seconds: float = _env("DB_POOL_TIMEOUT_SECONDS", "2",
                                           "Longest wait for a free pooled connection.")
+    db_statement_timeout_seconds: float = _env(
+        "DB_STATEMENT_TIMEOUT_SECONDS", "30",
+        "PostgreSQL statement_timeout of the app's connections: bounds a query where "
+        "no Celery time limit runs (the threads pool); TCP keepalives find a server "
+        "that stopped answering.")
     # Each process group's own scrape endpoint (shared/core/metrics_server.py)
     metrics_port: int = _env("METRICS_PORT", "0",
                              "Port of this process group's Prometheus endpoint, served by "
@@ -282,9 +287,9 @@ def _check(s: Settings) -> None:
     if s.db_connect_timeout_seconds < 2:
         raise ConfigError("DB_CONNECT_TIMEOUT_SECONDS must be at least 2 (libpq's minimum)")
     if s.s3_timeout_seconds < 2 or s.redis_timeout_seconds <= 0 or s.broker_timeout_seconds <= 0 \
-            or s.db_pool_timeout_seconds <= 0:
+            or s.db_pool_timeout_seconds <= 0 or s.db_statement_timeout_seconds <= 0:
         raise ConfigError("S3_TIMEOUT_SECONDS must be at least 2, and the Redis, broker "
-                          "and pool timeouts positive")
+                          "pool and statement timeouts positive")
     if s.is_production:
         if s.jwt_dev_secret:
             raise ConfigError("JWT_DEV_SECRET (HS256) is for development only")

@@ -12,16 +12,39 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.core.pools import db_pool_size
+
 SQLITE_BUSY_TIMEOUT_MS = 15_000
+# libpq's TCP keepalives: a server that stopped answering mid-query (a partition, a
+# host gone) is found dead within about idle + interval x count = 25 s.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+              "keepalives_count": 3}
+
+# How many tasks or requests this process runs at once. Its connection pool is
+# sized to it: set by the worker's and gunicorn's start-up hooks, before any
+# engine of the process exists (worker/pool_setup.py, api/gunicorn_conf.py).
+_process_concurrency = 1
+
+
+def declare_process_concurrency(concurrency: int) -> None:
+    global _process_concurrency
+    _process_concurrency = max(1, concurrency)
+
+
+def process_concurrency() -> int:
+    return _process_concurrency
 
 
 def make_engine(url: str, *, connect_timeout: int | None = None,
-                pool_timeout: float | None = None, **kwargs: Any) -> Engine:
+                pool_timeout: float | None = None, statement_timeout: float | None = None,
+                **kwargs: Any) -> Engine:
     """`connect_timeout` (whole seconds, libpq's) and `pool_timeout` bound the two
     waits before a PostgreSQL query can start (Settings' DB_*_TIMEOUT_SECONDS);
     without them libpq waits 130 s for an unanswering server, longer than
-    gunicorn lets a request live. A query on an open connection has no client-side
-    bound: a server that stops answering mid-query is cut off by the worker timeout."""
+    gunicorn lets a request live. `statement_timeout` bounds a query on the server,
+    and TCP keepalives a server that stopped answering: on the threads pool no
+    Celery time limit would. The pool holds one connection per task or request the
+    process runs at once, plus headroom (shared/core/pools.py)."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
@@ -30,12 +53,16 @@ def make_engine(url: str, *, connect_timeout: int | None = None,
         return engine
     options: dict[str, Any] = {"pool_pre_ping": True}
     if "poolclass" not in kwargs:
-        options.update(pool_size=5, max_overflow=10)
+        pool_size, max_overflow = db_pool_size(_process_concurrency)
+        options.update(pool_size=pool_size, max_overflow=max_overflow)
         if pool_timeout is not None:
             options["pool_timeout"] = pool_timeout
+    connect_args: dict[str, Any] = dict(KEEPALIVES)
     if connect_timeout is not None:
-        options["connect_args"] = {"connect_timeout": connect_timeout}
-    return create_engine(url, **options, **kwargs)
+        connect_args["connect_timeout"] = connect_timeout
+    if statement_timeout is not None:
+        connect_args["options"] = f"-c statement_timeout={int(statement_timeout * 1000)}"
+    return create_engine(url, connect_args=connect_args, **options, **kwargs)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,7 +1,13 @@
 """The beat's safety net for try-ons: every job whose `due_at` passed with nobody
 acting on it is handed to the step that moves it on, and a job past its bounds is
 failed here, whatever its own step does (a run that keeps raising before its claim
-would otherwise be sent again forever and hold its selfie past its deadline)."""
+would otherwise be sent again forever and hold its selfie past its deadline).
+
+A job whose next message is still in the broker (waiting in a backlog, or held by
+a live worker: shared/core/broker_view.py) is left to it: re-sending work that is
+only waiting multiplies a backlog exactly when it is longest. Only a message that
+is gone (never sent, lost with Redis, held by a dead worker) is sent again. Where
+the broker cannot be read, age alone decides, as a duplicate costs a no-op run."""
 
 from __future__ import annotations
 
@@ -9,17 +15,20 @@ from datetime import timedelta
 
 from sqlalchemy import or_, select, update
 
-from shared.core.task_names import POLL_TRYON, RUN_TRYON
+from shared.core.broker_view import Pending
+from shared.core.task_names import COMPLETE_TRYON, POLL_TRYON, RUN_TRYON
 from shared.models import JobStatus, TryOn
 from shared.services import Services
 from shared.tryons.state import SILENT_AFTER, FollowUp, fail, time_out
 from shared.tryons.submission import past_submit_bound
 
-# A queued job whose run was due this long ago has lost its message: send it again.
+# A queued job whose run was due this long ago, and whose message is not in the
+# broker, has lost it: send it again (the grace covers a send still under way).
 QUEUED_GRACE = timedelta(seconds=10)
-
-
 RECONCILE_BATCH = 500
+# The messages that move a job on: its run, and for a submitted job, the answer.
+MOVING_TASKS = (RUN_TRYON, POLL_TRYON, COMPLETE_TRYON)
+ANSWERS = (POLL_TRYON, COMPLETE_TRYON)
 
 
 def reconcile(svc: Services) -> list[FollowUp]:
@@ -27,6 +36,8 @@ def reconcile(svc: Services) -> list[FollowUp]:
     sent again, a lapsed claim is handed to `run` (which takes it over), a submitted
     job is asked about, and a job past its deadline (or, never accepted by fal, past
     `submit_bound`) is failed."""
+    # Read before the jobs: a message taken meanwhile shows in the job's state.
+    in_broker = svc.messages_in_broker(MOVING_TASKS) or {}
     now = svc.clock()
     with svc.sessions() as session:
         jobs = list(session.scalars(select(TryOn).where(
@@ -43,6 +54,8 @@ def reconcile(svc: Services) -> list[FollowUp]:
             # Fenced by the attempt: a claim taken meanwhile is left to its run.
             fail(svc, job, "fal.timeout", attempt=job.attempt,
                  detail="not accepted by fal within its bound")
+        elif _on_its_way(job, in_broker):
+            continue
         elif job.status == JobStatus.QUEUED:
             if job.due_at is None or job.due_at < now - QUEUED_GRACE:
                 follow.append(FollowUp(RUN_TRYON, (job.id,)))
@@ -62,3 +75,10 @@ def reconcile(svc: Services) -> list[FollowUp]:
                                                 TryOn.status == JobStatus.PROCESSING)
                             .values(due_at=now + SILENT_AFTER))
     return follow
+
+
+def _on_its_way(job: TryOn, in_broker: Pending) -> bool:
+    """The message that moves this job on is in the broker."""
+    if job.status == JobStatus.QUEUED or not job.fal_request_id:
+        return job.id in in_broker.get(RUN_TRYON, ())
+    return any(job.id in in_broker.get(task, ()) for task in ANSWERS)

@@ -37,15 +37,18 @@ VALIDATION_GIVE_UP = timedelta(hours=1)
 
 def resend_stale_validations(svc: Services) -> int:
     """Validations whose lease ended (their worker died, their message was lost, or
-    none was ever sent) are sent again; one whose lease still runs is left alone."""
+    none was ever sent) are sent again; one whose lease still runs, or whose message
+    is still in the broker (a backlog, a live worker's hands), is left alone."""
+    in_broker = svc.messages_in_broker((VALIDATE_UPLOAD,)) or {}
     now = svc.clock()
     _give_up_on_validation(svc, now)
+    waiting = in_broker.get(VALIDATE_UPLOAD, set())
     with svc.sessions() as session:
-        ids = list(session.scalars(
+        ids = [upload_id for upload_id in session.scalars(
             select(Upload.id).where(Upload.status == UploadStatus.VALIDATING,
                                     or_(Upload.validation_lease_until.is_(None),
                                         Upload.validation_lease_until < now))
-            .order_by(Upload.confirmed_at).limit(BATCH)))
+            .order_by(Upload.confirmed_at).limit(BATCH)) if upload_id not in waiting]
     if not ids:
         return 0
     with svc.sessions.begin() as session:

@@ -108,11 +108,11 @@ def test_concurrent_uploads_through_the_dev_stack(stack):
     actions = dict(db.execute("SELECT action, count(*) FROM audit_events GROUP BY action"))
     assert actions["upload.validated"] == 5 and actions["upload.rejected"] == 1
     # beat ran its tasks against the same SQLite file meanwhile
-    worker_log = (data_dir / "logs" / "worker.log").read_text()
-    assert "maintenance.purge_raw_uploads" in worker_log
+    assert "maintenance.purge_raw_uploads" in (data_dir / "logs" / "worker-maintenance.log").read_text()
     # the request's correlation id travelled with the validation task
+    validation_log = (data_dir / "logs" / "worker-validation.log").read_text()
     for body in results:
-        assert f'"correlation_id": "e2e-{body["uploadId"]}"' in worker_log
+        assert f'"correlation_id": "e2e-{body["uploadId"]}"' in validation_log
     for log_file in (data_dir / "logs").glob("*.log"):
         text = log_file.read_text(errors="replace")
         assert "database is locked" not in text
@@ -226,6 +226,7 @@ def _non_loopback_address() -> str | None:
 def test_flower_shows_the_workers_and_a_finished_task(stack):
     """Flower, started by the dev stack on loopback behind basic auth, lists the
     workers and their queues and shows the validation of an upload as SUCCESS."""
+    from shared.core.pools import POOLS
     from shared.core.task_names import ALL_QUEUES, VALIDATE_UPLOAD
 
     url, (user, password) = _flower_login(stack)
@@ -244,7 +245,8 @@ def test_flower_shows_the_workers_and_a_finished_task(stack):
 
     with httpx.Client(base_url=url, auth=(user, password), timeout=15) as flower:
         workers = flower.get("/api/workers", params={"refresh": "true"}).json()
-        assert workers, "Flower sees no worker"
+        # one worker per pool, each on its own queues, all of them served
+        assert len(workers) == len(POOLS), f"Flower sees {sorted(workers)}"
         served = {queue["name"] for worker in workers.values()
                   for queue in worker["active_queues"]}
         assert served == set(ALL_QUEUES)

@@ -1,6 +1,7 @@
 """The whole system as real processes, for the fault suite, with the handles to
-break it: gunicorn (2 workers), two Celery worker processes (2 prefork children
-each), beat, a PostgreSQL database of its own on the machine's server, a Redis
+break it: gunicorn (2 workers), two Celery workers of each pool declared in
+shared/core/pools.py (validation: 2 prefork children each; fal: a threads pool;
+maintenance: one prefork child), beat, a PostgreSQL database of its own on the machine's server, a Redis
 the suite starts itself (so restarting it harms nothing else), LocalStack's S3
 behind a fault-injecting proxy, and the fal emulator in webhook mode."""
 
@@ -27,12 +28,14 @@ from devstack.fal_emulator import FalEmulatorProcess, start_emulator_process
 from devstack.localstack import LocalStackS3
 from devstack.procs import ManagedProcess, free_port, port_accepts, wait_until
 from shared.core.config import Settings, load_settings
-from shared.core.task_names import ALL_QUEUES
+from shared.core.pools import POOLS, pool_of
 from tests.conftest import PG_ADMIN_URL
 from tests.faults.s3_proxy import FaultyS3Proxy
 
 REPO = Path(__file__).resolve().parents[2]
-QUEUES = ",".join(ALL_QUEUES)  # declared once: shared/core/task_names.py
+# Each pool twice (a killed one has a sibling), its declared concurrency, or 2 for
+# "one per core" (the machines this runs on have 2).
+WORKERS = [(pool, n) for pool in POOLS for n in range(2)]
 
 # The suite's settings: production defaults, except what makes a run short (the
 # deadline, backoff base, how often the beat looks) and limits a load test would hit.
@@ -59,7 +62,7 @@ class System:
     # Settings of one test's own, over SUITE_ENV.
     extra_env: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
-    workers: list[ManagedProcess] = field(default_factory=list)
+    workers: dict[str, ManagedProcess] = field(default_factory=dict)  # by node prefix
     restarts: dict[str, int] = field(default_factory=lambda: {"worker": 0, "redis": 0})
 
     # -- lifecycle -------------------------------------------------------------------
@@ -94,18 +97,21 @@ class System:
         self.api = ManagedProcess([_bin("gunicorn"), "-c", "python:api.gunicorn_conf", "-b",
                                    f"127.0.0.1:{self.api_port}", "-w", "2", "api.wsgi:app"],
                                   self.logs / "api.log", env=env, cwd=REPO, name="api").start()
-        self.workers = [self._worker(n).start() for n in range(2)]
+        self.workers = {f"{pool.name}{n}": self._worker(f"{pool.name}{n}").start()
+                        for pool, n in WORKERS}
         self.beat = ManagedProcess([_bin("celery"), "-A", "worker.app", "beat", "--loglevel",
                                     "INFO", "-s", str(self.root / "beat-schedule")],
                                    self.logs / "beat.log", env=env, cwd=REPO, name="beat").start()
         if not wait_until(self._ready, 90, interval=0.5):
             raise RuntimeError("the system did not become ready:\n" + self.api.log_tail())
-        if not wait_until(lambda: len(self.worker_nodes()) == 2, 60, interval=1):
-            raise RuntimeError("workers did not start:\n" + self.workers[0].log_tail())
+        if not wait_until(lambda: len(self.worker_nodes()) == len(WORKERS), 90, interval=1):
+            raise RuntimeError("workers did not start:\n" + "\n".join(
+                w.log_tail() for w in self.workers.values()))
         return self
 
     def stop(self) -> None:
-        for process in [getattr(self, "beat", None), *self.workers, getattr(self, "api", None)]:
+        for process in [getattr(self, "beat", None), *self.workers.values(),
+                        getattr(self, "api", None)]:
             if process is not None:
                 process.stop()
         for thing in ("fal", "proxy", "s3", "redis"):
@@ -127,11 +133,12 @@ class System:
         except httpx.HTTPError:
             return False
 
-    def _worker(self, n: int) -> ManagedProcess:
-        return ManagedProcess([_bin("celery"), "-A", "worker.app", "worker", "-Q", QUEUES, "-c",
-                               "2", "-n", f"fault{n}-{self.restarts['worker']}@%h", "--loglevel",
-                               "INFO"], self.logs / f"worker{n}.log", env=self.env, cwd=REPO,
-                              name=f"worker{n}")
+    def _worker(self, name: str) -> ManagedProcess:
+        pool = next(p for p in POOLS if name.rstrip("0123456789") == p.name)
+        return ManagedProcess([_bin("celery"), "-A", "worker.app", "worker",
+                               *pool.worker_argv(pool.concurrency or 2),
+                               "-n", f"{name}-{self.restarts['worker']}@%h", "--loglevel", "INFO"],
+                              self.logs / f"worker-{name}.log", env=self.env, cwd=REPO, name=name)
 
     # -- Redis -------------------------------------------------------------------------
     def _start_redis(self) -> None:
@@ -163,18 +170,20 @@ class System:
         except Exception:  # noqa: BLE001 - broker restarting
             return []
 
-    def active_tasks(self, worker: int | None = None) -> list[dict[str, Any]]:
+    def active_tasks(self, worker: str | None = None) -> list[dict[str, Any]]:
         """What the workers are running now (of one worker only, if given)."""
         try:
             active = self.control().control.inspect(timeout=1).active() or {}
         except Exception:  # noqa: BLE001 - broker restarting
             return []
-        prefix = f"fault{worker}-" if worker is not None else ""
-        return [task for node, tasks in active.items() if node.startswith(prefix)
-                for task in tasks]
+        prefix = f"{worker}-" if worker is not None else ""
+        return [task | {"node": node} for node, tasks in active.items()
+                if node.startswith(prefix) for task in tasks]
 
-    def kill_child_running(self, task_name: str, timeout: float = 30) -> dict[str, Any]:
-        """SIGKILL the prefork child that is running a task of this name."""
+    def kill_running(self, task_name: str, timeout: float = 30) -> list[dict[str, Any]]:
+        """SIGKILL what runs a task of this name: its prefork child, or on a threads
+        pool the whole worker process (restarted 5 s later, as its supervisor
+        would). Returns the tasks that died with it."""
         found: list[dict[str, Any]] = []
 
         def running() -> bool:
@@ -184,21 +193,27 @@ class System:
         if not wait_until(running, timeout, interval=0.2):
             raise AssertionError(f"no {task_name} ran within {timeout} s")
         task = found[0]
-        os.kill(int(task["worker_pid"]), signal.SIGKILL)
-        return task
+        if pool_of(task_name).kind == "prefork":
+            os.kill(int(task["worker_pid"]), signal.SIGKILL)
+            return [task]
+        name = task["node"].split("-", 1)[0]
+        running_there = self.kill_worker_whole(name)
+        time.sleep(5)
+        self.restart_worker(name)
+        return running_there or [task]
 
-    def kill_worker_whole(self, n: int) -> list[dict[str, Any]]:
+    def kill_worker_whole(self, name: str) -> list[dict[str, Any]]:
         """The worker process and all its children at once (a lost host, an OOM kill
         of the container): its unacknowledged messages come back only after the
         broker's visibility timeout. Returns the tasks it was running."""
-        running = self.active_tasks(n)
-        os.killpg(self.workers[n].pid, signal.SIGKILL)  # type: ignore[arg-type]
-        self.workers[n].stop()
+        running = self.active_tasks(name)
+        os.killpg(self.workers[name].pid, signal.SIGKILL)  # type: ignore[arg-type]
+        self.workers[name].stop()
         return running
 
-    def restart_worker(self, n: int) -> None:
+    def restart_worker(self, name: str) -> None:
         self.restarts["worker"] += 1
-        self.workers[n] = self._worker(n).start()
+        self.workers[name] = self._worker(name).start()
 
     # -- PostgreSQL --------------------------------------------------------------------
     def terminate_db_connections(self) -> int:

@@ -75,6 +75,19 @@ class Run:
         self.faults.append((name, detail))
         print(f"[{time.strftime('%H:%M:%S')}] fault: {name} {detail}", flush=True)
 
+    def record_hits(self, tasks: list[dict[str, Any]], label: str) -> None:
+        for task in tasks:
+            if task["name"].startswith(("tryons.", "uploads.")):
+                self.hit.append((task["args"][0], label))
+
+    def kill(self, task_name: str, label: str, name: str, timeout: float = 30) -> None:
+        """Kill what runs `task_name` (tests/faults/system.py, kill_running): every
+        task that died with it counts as hit."""
+        died = self.system.kill_running(task_name, timeout)
+        self.record_hits(died, label)
+        self.fault(name, f"pids {sorted({t['worker_pid'] for t in died})}, "
+                         f"{len(died)} task(s) running")
+
     def upload(self, user: str) -> str:
         upload_id = self.client.upload(user, SELFIE)
         with self.lock:
@@ -126,9 +139,7 @@ def test_nothing_is_lost(system: System) -> None:
     uploading = threading.Thread(target=lambda: run.in_parallel(
         [lambda u=u: second_upload(u) for u in USERS], workers=6))
     uploading.start()
-    task = system.kill_child_running("uploads.validate")
-    run.hit.append((task["args"][0], "validation"))
-    run.fault("SIGKILL prefork child in uploads.validate", f"pid {task['worker_pid']}")
+    run.kill("uploads.validate", "validation", "SIGKILL prefork child in uploads.validate")
     uploading.join()
     system.proxy.delay("/uploads/", 0)
 
@@ -138,10 +149,8 @@ def test_nothing_is_lost(system: System) -> None:
             for u in USERS for n in range(JOBS_PER_USER // 2)]
     posting = threading.Thread(target=lambda: run.in_parallel(wave))
     posting.start()
-    task = system.kill_child_running("tryons.run")
-    run.hit.append((task["args"][0], "claim-to-submit"))
-    run.fault("SIGKILL prefork child in tryons.run, between claim and submit response",
-              f"pid {task['worker_pid']}")
+    run.kill("tryons.run", "claim-to-submit", "SIGKILL the fal pool's process (threads) in "
+             "tryons.run, between claim and submit response; restarted 5 s later")
     system.fal.configure(submit_delay_seconds=0)
     posting.join()
 
@@ -154,21 +163,17 @@ def test_nothing_is_lost(system: System) -> None:
 
     # --- finalize: result downloads slowed, one finalizer killed ----------------------
     system.fal.configure(media_delay_seconds=3)
-    task = system.kill_child_running("tryons.complete", timeout=60)
-    run.hit.append((task["args"][0], "finalize"))
-    run.fault("SIGKILL prefork child in tryons.complete (downloading/storing the result)",
-              f"pid {task['worker_pid']}")
+    run.kill("tryons.complete", "finalize", "SIGKILL the fal pool's process in tryons.complete "
+             "(downloading/storing the result); restarted 5 s later", timeout=60)
     system.fal.configure(media_delay_seconds=0)
 
     # --- a whole worker process dies with its children and held messages --------------
-    running = system.kill_worker_whole(1)
-    for task in running:
-        if task["name"].startswith(("tryons.", "uploads.")):
-            run.hit.append((task["args"][0], "whole worker"))
-    run.fault("SIGKILL whole worker process (parent and children)",
+    running = system.kill_worker_whole("validation1")
+    run.record_hits(running, "whole worker")
+    run.fault("SIGKILL a whole validation worker (parent and prefork children)",
               f"running {[t['name'] for t in running]}; restarted 5 s later")
     time.sleep(5)
-    system.restart_worker(1)
+    system.restart_worker("validation1")
 
     # --- wave 2: 100 more and uploads validating, while the erasure runs, S3
     # throttles, Redis goes and the database cuts every connection ---------------------

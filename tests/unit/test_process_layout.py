@@ -5,12 +5,14 @@ with the declaration and with each other (issue 16)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
 
 import yaml
 
+from shared.core.pools import POOL_BY_NAME, max_db_connections
 from shared.core.task_names import ALL_QUEUES, QUEUES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,16 +49,59 @@ def test_the_procfile_and_compose_name_the_same_processes():
     assert set(compose_services()) - INFRASTRUCTURE == expected
 
 
-def test_every_worker_command_consumes_exactly_the_declared_queues():
-    commands = {
-        "Procfile worker": shlex.split(procfile()["worker"]),
-        "compose worker": compose_services()["worker"]["command"],
-    }
+def option(argv: list[str], name: str) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+def worker_commands() -> dict[str, dict[str, list[str]]]:
+    """Each place's worker commands, by pool name."""
     dev = (REPO / "devstack" / "dev.py").read_text()
-    [dev_queues] = re.findall(r'"-Q", "([a-z_,]+)"', dev)
-    commands["devstack/dev.py worker"] = ["-Q", dev_queues]
-    for where, argv in commands.items():
-        assert sorted(queues_of(argv)) == sorted(ALL_QUEUES), where
+    dev_pools = {name: ["-Q", queues, "-P", kind] + (["-c", c] if c else [])
+                 + (["--max-tasks-per-child", m] if m else [])
+                 for name, queues, kind, c, m in re.findall(
+                     r'"(\w+)": \["-Q", "([a-z_,]+)", "-P", "(\w+)"(?:, "-c", "(\d+)")?'
+                     r'(?:, "-c", str\(workers\))?(?:,\s+"--max-tasks-per-child", "(\d+)")?', dev)}
+    return {
+        "Procfile": {name.removeprefix("worker-"): shlex.split(command)
+                     for name, command in procfile().items() if name.startswith("worker-")},
+        "compose": {name.removeprefix("worker-"): service["command"]
+                    for name, service in compose_services().items() if name.startswith("worker-")},
+        "devstack/dev.py": dev_pools,
+    }
+
+
+def test_every_pool_runs_as_declared_everywhere():
+    for where, commands in worker_commands().items():
+        assert sorted(commands) == sorted(POOL_BY_NAME), where
+        served = [q for argv in commands.values() for q in queues_of(argv)]
+        assert sorted(served) == sorted(ALL_QUEUES), where  # each queue, once
+        for name, argv in commands.items():
+            pool = POOL_BY_NAME[name]
+            assert queues_of(argv) == list(pool.queues), (where, name)
+            assert option(argv, "-P") == pool.kind, (where, name)
+            if pool.concurrency is not None:
+                assert option(argv, "-c") == str(pool.concurrency), (where, name)
+            elif where != "devstack/dev.py":  # the dev stack's is --workers
+                assert option(argv, "-c") is None, (where, name)  # one per core
+            expected = pool.max_tasks_per_child
+            assert option(argv, "--max-tasks-per-child") == (str(expected) if expected else None)
+            if where != "devstack/dev.py":
+                assert option(argv, "-n") == f"{name}@%h", (where, name)
+
+
+def test_the_database_connections_of_every_process_stay_under_max_connections():
+    """The most connections each shape opens (docs/operations.md, "Database
+    connections"), on this machine's core count: under PostgreSQL's default
+    max_connections of 100, with room for migrations, psql and a second deploy's
+    processes starting before the first's stop."""
+    cores = os.cpu_count() or 1
+    web_workers = 2  # gunicorn -w 2 (Procfile: WEB_CONCURRENCY's default), sync workers
+    api = web_workers * max_db_connections("sync", 1)
+    for where, commands in worker_commands().items():
+        workers = sum(max_db_connections(option(argv, "-P") or "prefork",
+                                         int(option(argv, "-c") or cores))
+                      for argv in commands.values())
+        assert api + workers <= 60, (where, api + workers)
 
 
 def test_compose_runs_a_try_on_in_production_shape():

@@ -29,7 +29,7 @@ from shared.privacy.audit_trail import (
 from shared.services import Services
 from shared.storage.check import run_checks
 from shared.storage.keys import InvalidKey, check_user_id
-from shared.storage.setup import apply
+from shared.storage.setup import apply_steps
 from shared.tryons.retirement import StillInCatalogue, retire_hairstyle
 
 
@@ -48,9 +48,17 @@ def migrate() -> None:
 @main.command("setup-storage")
 @click.option("--create/--no-create", default=True, help="Create missing buckets.")
 def setup_storage(create: bool) -> None:
-    """Create/harden the buckets: private, encrypted, TLS-only, CORS, lifecycle."""
-    for line in apply(get_settings(), create=create):
-        click.echo(line)
+    """Create/harden the buckets: private, encrypted, TLS-only, CORS, lifecycle. Exits
+    1 when a bucket is missing or the credentials are refused (a release must fail);
+    a feature the provider lacks is reported and the rest goes on."""
+    fatal = 0
+    for step in apply_steps(get_settings(), create=create):
+        click.echo(step.line)
+        fatal += step.fatal
+    if fatal:
+        click.echo(f"{fatal} step(s) failed: the bucket names or the credentials are wrong",
+                   err=True)
+        raise SystemExit(1)
 
 
 @main.group()

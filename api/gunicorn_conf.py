@@ -13,8 +13,8 @@ from gunicorn.workers.gthread import ThreadWorker
 from prometheus_client import multiprocess
 
 from shared.core.config import get_settings
-from shared.core.db import declare_process_concurrency
 from shared.core.metrics_server import broker_queue_lengths, serve_metrics
+from shared.core.pools import declare_process_concurrency
 
 # Sends gunicorn's own 414 and 431 refusals in the API's error envelope.
 worker_class = "api.gunicorn_worker.ApiWorker"

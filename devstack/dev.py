@@ -16,6 +16,7 @@ database, which is migrated with Alembic exactly as the SQLite file is.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -40,8 +41,9 @@ READY_TIMEOUT = 120.0
 
 
 def stack_environment(data_dir: Path, s3_url: str, redis_url: str, fal: FalEmulatorProcess,
-                      api_port: int, database_url: str | None = None) -> dict[str, str]:
-    """Settings for every process of the local stack (explicit values win)."""
+                      webhook_port: int, database_url: str | None = None) -> dict[str, str]:
+    """Settings for every process of the local stack (explicit values win); fal's
+    webhooks go to `webhook_port` (the API's, or a listener of their own)."""
     env = dict(os.environ)
     if database_url:
         env["DATABASE_URL"] = database_url  # the flag wins over the environment
@@ -54,7 +56,7 @@ def stack_environment(data_dir: Path, s3_url: str, redis_url: str, fal: FalEmula
         "S3_REGION": REGION,
         "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "prometheus"),
         # Webhook mode: the emulator calls back into the API, as fal would.
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{webhook_port}",
     }
     for key, value in defaults.items():
         env.setdefault(key, value)
@@ -86,7 +88,10 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
         s3 = stack.enter_context(start_s3(data_dir=data_dir))
         redis = stack.enter_context(start_redis(data_dir / "redis"))
         fal = stack.enter_context(start_emulator_process(data_dir / "fal-emulator", latency=fal_latency))
-        env = stack_environment(data_dir, s3.endpoint_url, redis.url, fal, port, database_url)
+        # fal's webhooks go to a listener of their own (the Procfile's `hooks`).
+        hooks_port = free_port()
+        env = stack_environment(data_dir, s3.endpoint_url, redis.url, fal, hooks_port,
+                                database_url)
         prom = Path(env["PROMETHEUS_MULTIPROC_DIR"])
         prom.mkdir(parents=True, exist_ok=True)
         for stale in prom.glob("*.db"):
@@ -103,18 +108,29 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
             "maintenance": ["-Q", "maintenance,default", "-P", "prefork", "-c", "1",
                             "--max-tasks-per-child", "100"],
         }
+        # Each process group serves its own metrics, as separate hosts would: its own
+        # PROMETHEUS_MULTIPROC_DIR and METRICS_PORT (docs/operations.md, "Metrics").
+        metrics: dict[str, str] = {}
+
+        def group(name: str) -> dict[str, str]:
+            group_env, metrics[name] = metrics_group(env, prom, name)
+            return group_env
+
         processes = [
             *(ManagedProcess([_bin("celery"), "-A", "worker.app", "worker", *argv,
                               "--loglevel", "INFO", "-n", f"{pool}-{port}@%h"],
-                             logs / f"worker-{pool}.log", env=env, cwd=REPO_ROOT,
-                             name=f"worker-{pool}")
+                             logs / f"worker-{pool}.log", env=group(f"worker-{pool}"),
+                             cwd=REPO_ROOT, name=f"worker-{pool}")
               for pool, argv in pools.items()),
             ManagedProcess([_bin("celery"), "-A", "worker.app", "beat", "--loglevel", "INFO",
                             "-s", str(data_dir / "beat-schedule")],
-                           logs / "beat.log", env=env, cwd=REPO_ROOT, name="beat"),
+                           logs / "beat.log", env=group("beat"), cwd=REPO_ROOT, name="beat"),
             ManagedProcess([_bin("gunicorn"), "-c", "python:api.gunicorn_conf",
                             "-b", f"127.0.0.1:{port}", "-w", "2", "api.wsgi:app"],
-                           logs / "api.log", env=env, cwd=REPO_ROOT, name="api"),
+                           logs / "api.log", env=group("api"), cwd=REPO_ROOT, name="api"),
+            ManagedProcess([_bin("gunicorn"), "-c", "python:api.gunicorn_conf",
+                            "-b", f"127.0.0.1:{hooks_port}", "-w", "2", "api.wsgi:app"],
+                           logs / "hooks.log", env=group("hooks"), cwd=REPO_ROOT, name="hooks"),
         ]
         flower_base = ""
         if flower:
@@ -125,7 +141,9 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
         for process in processes:
             stack.enter_context(process)  # starts it
         base = f"http://127.0.0.1:{port}"
-        if not wait_until(lambda: _ready(base), READY_TIMEOUT, interval=0.5,
+        hooks_base = f"http://127.0.0.1:{hooks_port}"
+        if not wait_until(lambda: _ready(base) and _ready(hooks_base), READY_TIMEOUT,
+                          interval=0.5,
                           abort=lambda: not all(p.alive() for p in processes)):
             dead = [p for p in processes if not p.alive()] or processes
             raise click.ClickException("the stack did not become ready:\n" + "\n".join(
@@ -134,11 +152,34 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
         if flower and not wait_until(lambda: flower_ready(flower_base), READY_TIMEOUT,
                                      interval=0.3, abort=lambda: not flower_proc.alive()):
             raise click.ClickException(f"Flower did not start:\n{tail(logs / 'flower.log')}")
+        if not wait_until(lambda: all(_answers(url) for url in metrics.values()), READY_TIMEOUT,
+                          interval=0.3):
+            raise click.ClickException("a metrics endpoint did not open: " + ", ".join(
+                name for name, url in metrics.items() if not _answers(url)))
+        env["HF_METRICS"] = " ".join(f"{name}={url}" for name, url in metrics.items())
         env["HF_FLOWER_URL"] = flower_base
         env["HF_BASE_URL"] = base
         env["HF_S3_KIND"] = type(s3).__name__
         env["HF_FAL_URL"] = fal.base_url
         yield env
+
+
+def metrics_group(env: dict[str, str], root: Path, name: str) -> tuple[dict[str, str], str]:
+    """A process group's environment with a metrics directory (emptied) and a free
+    METRICS_PORT of its own, and the URL it serves its metrics on."""
+    directory = root / name
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    metrics_port = free_port()
+    return ({**env, "PROMETHEUS_MULTIPROC_DIR": str(directory), "METRICS_PORT": str(metrics_port),
+             "METRICS_ADDRESS": "127.0.0.1"}, f"http://127.0.0.1:{metrics_port}/metrics")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def _setup_step(command: list[str], env: dict[str, str]) -> None:
@@ -200,11 +241,13 @@ def dev_command(port: int, data_dir: Path, workers: int, fal_latency: float,
             flower = (f"  Flower      {env['HF_FLOWER_URL']}   (basic auth; can revoke tasks: "
                       f"keep it on loopback)\nFlower login: user {FLOWER_USER} "
                       f"password {flower_password()}\n")
+        metrics = "".join(f"  metrics     {url}   ({name})\n" for name, url in (
+            entry.split("=", 1) for entry in env["HF_METRICS"].split()))
         click.echo(f"""
 Hairfluencer is running (embedded defaults).
   API         {base}      docs {base}/docs   OpenAPI {base}/openapi.json
-  health      {base}/healthz   {base}/readyz   metrics {base}/metrics
-  S3          {env['S3_ENDPOINT_URL']} ({env['HF_S3_KIND']}; key/secret test/test)
+  health      {base}/healthz   {base}/readyz
+{metrics}  S3          {env['S3_ENDPOINT_URL']} ({env['HF_S3_KIND']}; key/secret test/test)
   Redis       {env['REDIS_URL']}
   fal.ai      {env['HF_FAL_URL']} (offline emulator; webhooks to {env['PUBLIC_BASE_URL']})
   database    {shown_database_url(env['DATABASE_URL'])}

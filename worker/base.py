@@ -45,6 +45,15 @@ def use_services(svc: Services | None) -> None:
     _services = svc
 
 
+def _header(request: Any, name: str) -> Any:
+    """A header shared.core.tasks stamps on every message. Celery makes each message
+    header an attribute of the request; `request.headers` holds them only while no
+    sender nested a `headers` dict in the message, as Sentry's Celery integration does
+    for its trace headers (celery#4875): with SENTRY_DSN set it held Sentry's alone."""
+    value = getattr(request, name, None)
+    return value if value is not None else (getattr(request, "headers", None) or {}).get(name)
+
+
 class AppTask(Task):
     abstract = True
     acks_late = True
@@ -56,13 +65,11 @@ class AppTask(Task):
 
     def correlation_id(self) -> str:
         """The sender's correlation id (from the message), or this task's id."""
-        headers = getattr(self.request, "headers", None) or {}
-        return str(headers.get(CORRELATION_HEADER) or self.request.id)
+        return str(_header(self.request, CORRELATION_HEADER) or self.request.id)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        headers = getattr(self.request, "headers", None) or {}
         token = set_correlation_id(self.correlation_id())
-        sent_at = headers.get(SENT_AT_HEADER)
+        sent_at = _header(self.request, SENT_AT_HEADER)
         if isinstance(sent_at, int | float):
             queue = metrics.queue_label(self.request.delivery_info)
             metrics.QUEUE_LATENCY.labels(task=self.name, queue=queue).observe(

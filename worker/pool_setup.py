@@ -7,7 +7,7 @@ from typing import Any
 from celery import signals
 from celery.concurrency.thread import TaskPool as ThreadsPool
 
-from shared.core.db import declare_process_concurrency
+from shared.core.pools import declare_process_concurrency
 
 
 @signals.worker_init.connect

@@ -91,18 +91,28 @@ def parse_layout(text: str) -> tuple[Pool, ...]:
 
 @dataclass(frozen=True)
 class Config:
-    """One API + worker shape, written `sync:2/pools`, `sync:2/prefork:4` or
-    `gthread:2x4/pools;fal=threads:32`."""
+    """One API + worker shape, written `sync:2+hooks:2/pools`, `sync:2/prefork:4` or
+    `gthread:2x4/pools;fal=threads:32`; `+hooks:N` runs fal's webhooks on a gunicorn
+    of their own (N sync workers), as the dev stack does."""
 
     api_kind: str
     api_workers: int
     api_threads: int
     layout: str
     pools: tuple[Pool, ...]
+    # gunicorn sync workers of a listener for fal's webhooks alone (0: the API takes them)
+    hooks_workers: int = 0
 
     @classmethod
     def parse(cls, text: str) -> Config:
         api, _, wk = text.partition("/")
+        api, _, hooks = api.partition("+")
+        hooks_workers = 0
+        if hooks:
+            name, _, h = hooks.partition(":")
+            if name != "hooks":
+                raise argparse.ArgumentTypeError(f"bad config {text!r}")
+            hooks_workers = int(h or 2)
         kind, _, n = api.partition(":")
         threads = 1
         if "x" in n:
@@ -111,10 +121,11 @@ class Config:
         if kind not in ("sync", "gthread"):
             raise argparse.ArgumentTypeError(f"bad config {text!r}")
         return cls(kind, int(n or 2), threads if kind == "gthread" else 1, wk or "pools",
-                   parse_layout(wk or "pools"))
+                   parse_layout(wk or "pools"), hooks_workers)
 
     @property
     def label(self) -> str:
         api = f"{self.api_kind}:{self.api_workers}" + (
-            f"x{self.api_threads}" if self.api_kind == "gthread" else "")
+            f"x{self.api_threads}" if self.api_kind == "gthread" else "") + (
+            f"+hooks:{self.hooks_workers}" if self.hooks_workers else "")
         return f"{api}/{self.layout}"

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-OTHERS_PATTERNS = ("presign_bench|wrk ", "pytest", "tryon_bench|soak_bench|validation_bench")
+OTHERS_PATTERNS = ("presign_bench|wrk ", "pytest", "bench/(tryon|soak|validation)_bench")
 
 
 class HardTimeout(Exception):

@@ -17,7 +17,7 @@ from bench.common.stats import summary_ms
 from bench.tryon.clients import Post, closed_loop, fire_all
 from bench.tryon.config import Plan
 from bench.tryon.cpu import cpu_groups, cpu_seconds
-from bench.tryon.logs import api_log_latency, file_size, offsets, task_spans, worker_log_tasks
+from bench.tryon.logs import api_log_latency, offsets, task_spans, worker_log_tasks
 from bench.tryon.metrics import metric_deltas, scrape_metrics
 from bench.tryon.records import job_rows, stage_profile
 from bench.tryon.samplers import Progress, RssSampler
@@ -41,8 +41,8 @@ class Window:
         time.sleep(0.05)
         self.metrics0 = scrape_metrics(stack.base)
         self.wlogs = offsets(stack.worker_logs())
-        self.alog = stack.api.log_path  # type: ignore[union-attr]
-        self.aoff = file_size(self.alog)
+        self.alogs = offsets([p for p in (stack.api.log_path,  # type: ignore[union-attr]
+                                          stack.hooks_log()) if p])
         self.rss = RssSampler(stack.worker_pids)
         self.rss.start()
 
@@ -56,7 +56,7 @@ class Window:
             "stages": stage_profile(rows, emu, self.latency, task_spans(self.wlogs)),
             "tasks_metrics": metric_deltas(self.metrics0, metrics1),
             "tasks_log": worker_log_tasks(self.wlogs),
-            "api_log": api_log_latency(self.alog, self.aoff),
+            "api_log": api_log_latency(self.alogs),
         }
 
 

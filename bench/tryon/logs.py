@@ -86,11 +86,12 @@ def task_spans(logs: dict[Path, int]) -> dict[str, dict[str, tuple[float, float]
     return spans
 
 
-def api_log_latency(log_path: Path, offset: int) -> dict[str, Any]:
-    """Server-side request times from gunicorn's access log (%(M)s, ms)."""
+def api_log_latency(logs: dict[Path, int]) -> dict[str, Any]:
+    """Server-side request times from gunicorn's access logs (%(M)s, ms): the API's
+    and the webhook listener's."""
     per: dict[str, list[float]] = defaultdict(list)
     codes: Counter[str] = Counter()
-    for raw in _lines(log_path, offset):
+    for raw in _all_lines(logs):
         m = _ACCESS.search(raw.decode(errors="replace"))
         if m:
             path = "/v1/try-ons" if m[2] == "/v1/try-ons" else m[2]

@@ -13,7 +13,7 @@ from bench.common.launch import start_ready
 from bench.common.paths import REPO_ROOT, VENV_BIN
 from bench.common.procfs import descendants
 from bench.tryon.config import QUEUES, Config
-from devstack.procs import ManagedProcess
+from devstack.procs import ManagedProcess, free_port
 
 READY_TIMEOUT = 60.0
 
@@ -34,6 +34,8 @@ class Stack:
         self.base = f"http://127.0.0.1:{api_port}"
         self.logs = logs
         self.api: ManagedProcess | None = None
+        self.hooks: ManagedProcess | None = None
+        self.hooks_port = free_port()
         self.workers: list[ManagedProcess] = []
         self.beat: ManagedProcess | None = None
         self.config: Config | None = None
@@ -57,6 +59,16 @@ class Stack:
         self.api = start_ready([*api_cmd, "api.wsgi:app"],
                                self.logs / f"api-{n}-{_slug(config.label)}.log", self.env, "api",
                                f"{self.base}/readyz", READY_TIMEOUT)
+        # Where fal's webhooks go: a listener of their own, or the API.
+        hooks_base = f"http://127.0.0.1:{self.hooks_port}" if config.hooks_workers else self.base
+        self.env["PUBLIC_BASE_URL"] = hooks_base
+        if config.hooks_workers:
+            self.hooks = start_ready(
+                [str(VENV_BIN / "gunicorn"), "-c", "python:api.gunicorn_conf",
+                 "-b", f"127.0.0.1:{self.hooks_port}", "-w", str(config.hooks_workers),
+                 "api.wsgi:app"],
+                self.logs / f"hooks-{n}-{_slug(config.label)}.log", self.env, "hooks",
+                f"{hooks_base}/readyz", READY_TIMEOUT)
         for pool in config.pools:
             worker = ManagedProcess(
                 _celery("worker", *pool.worker_argv(), "--loglevel", "INFO",
@@ -68,11 +80,11 @@ class Stack:
                 READY_TIMEOUT, interval=0.3))
 
     def stop_app(self) -> None:
-        for proc in (*self.workers, self.api):
+        for proc in (*self.workers, self.api, self.hooks):
             if proc is not None:
                 proc.stop(timeout=20)
         self.workers = []
-        self.api = None
+        self.api = self.hooks = None
 
     def stop(self) -> None:
         self.stop_app()
@@ -97,7 +109,12 @@ class Stack:
         return [w.log_path for w in self.workers]
 
     def api_pids(self) -> list[int]:
-        return descendants(self.api.pid) if self.api and self.api.pid else []
+        """The API's gunicorn and, if there is one, the webhook listener's."""
+        return [pid for proc in (self.api, self.hooks) if proc and proc.pid
+                for pid in descendants(proc.pid)]
+
+    def hooks_log(self) -> Path | None:
+        return self.hooks.log_path if self.hooks else None
 
     def beat_pids(self) -> list[int]:
         return [self.beat.pid] if self.beat and self.beat.pid else []

@@ -44,7 +44,7 @@ def _env(name: str, default: str, doc: str, *, secret: bool = False) -> Any:
 @dataclass(frozen=True)
 class Settings:
     env: str = _env("HAIRFLUENCER_ENV", "development", "`development` or `production`; "
-                     "production refuses development-only shortcuts (HS256 dev secret, moto).")
+                     "production refuses development-only shortcuts (HS256 dev secret, SQLite, no FAL_KEY).")
     database_url: str = _env("DATABASE_URL", f"sqlite:///{STATE_DIR / 'hairfluencer.sqlite3'}",
                              "SQLAlchemy URL. PostgreSQL: `postgresql+psycopg://user@host/db`.", secret=True)
     redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:6379/0",
@@ -295,6 +295,13 @@ def _check(s: Settings) -> None:
             raise ConfigError("JWT_DEV_SECRET (HS256) is for development only")
         if not s.jwt_jwks_url or not s.jwt_issuer:
             raise ConfigError("production needs JWT_JWKS_URL and JWT_ISSUER")
+        # The embedded defaults would otherwise stand in silently for a forgotten
+        # setting: each host its own SQLite file, try-ons that can never run.
+        if s.database_url.startswith("sqlite"):
+            raise ConfigError("production needs DATABASE_URL (PostgreSQL); SQLite is the "
+                              "development default")
+        if not s.fal_key:
+            raise ConfigError("production needs FAL_KEY")
         if s.public_base_url and len(s.webhook_secret) < 32:
             raise ConfigError("production webhooks need WEBHOOK_SECRET (32+ characters)")
 

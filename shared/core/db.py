@@ -12,27 +12,13 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, Engine, Executable, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.core.pools import db_pool_size
+from shared.core.pools import db_pool_size, process_concurrency
 
 SQLITE_BUSY_TIMEOUT_MS = 15_000
 # libpq's TCP keepalives: a server that stopped answering mid-query (a partition, a
 # host gone) is found dead within about idle + interval x count = 25 s.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
               "keepalives_count": 3}
-
-# How many tasks or requests this process runs at once. Its connection pool is
-# sized to it: set by the worker's and gunicorn's start-up hooks, before any
-# engine of the process exists (worker/pool_setup.py, api/gunicorn_conf.py).
-_process_concurrency = 1
-
-
-def declare_process_concurrency(concurrency: int) -> None:
-    global _process_concurrency
-    _process_concurrency = max(1, concurrency)
-
-
-def process_concurrency() -> int:
-    return _process_concurrency
 
 
 def make_engine(url: str, *, connect_timeout: int | None = None,
@@ -47,13 +33,16 @@ def make_engine(url: str, *, connect_timeout: int | None = None,
     process runs at once, plus headroom (shared/core/pools.py)."""
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
+            url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            hide_parameters=True, **kwargs
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    options: dict[str, Any] = {"pool_pre_ping": True}
+    # A statement's parameters (object keys, user ids, checksums) never reach an
+    # error's text, hence never a log line or a Sentry event.
+    options: dict[str, Any] = {"pool_pre_ping": True, "hide_parameters": True}
     if "poolclass" not in kwargs:
-        pool_size, max_overflow = db_pool_size(_process_concurrency)
+        pool_size, max_overflow = db_pool_size(process_concurrency())
         options.update(pool_size=pool_size, max_overflow=max_overflow)
         if pool_timeout is not None:
             options["pool_timeout"] = pool_timeout

@@ -31,6 +31,22 @@ from shared.core.task_names import DEFAULT_QUEUE, QUEUES
 # A task may hold one session and open a second (an audit write beside a job's
 # row): every process gets this many connections beyond its concurrency.
 DB_CONNECTION_HEADROOM = 2
+# botocore's default HTTP pool per client: a process that runs more at once needs more.
+S3_DEFAULT_POOL = 10
+
+# How many tasks or requests this process runs at once. Its connection pools are
+# sized to it: set by the worker's and gunicorn's start-up hooks, before any
+# client of the process exists (worker/pool_setup.py, api/gunicorn_conf.py).
+_process_concurrency = 1
+
+
+def declare_process_concurrency(concurrency: int) -> None:
+    global _process_concurrency
+    _process_concurrency = max(1, concurrency)
+
+
+def process_concurrency() -> int:
+    return _process_concurrency
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,12 @@ def db_pool_size(concurrency: int) -> tuple[int, int]:
     overflow: SQLAlchemy closes an overflow connection as soon as it is returned, so
     a task that needs its second connection would open a new one every time."""
     return max(1, concurrency) + DB_CONNECTION_HEADROOM, 0
+
+
+def s3_pool_size() -> int:
+    """HTTP connections each S3 client of this process keeps (urllib3 discards, and
+    reconnects, beyond it)."""
+    return max(S3_DEFAULT_POOL, _process_concurrency + DB_CONNECTION_HEADROOM)
 
 
 def max_db_connections(kind: str, concurrency: int) -> int:

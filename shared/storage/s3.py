@@ -20,6 +20,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from shared.core.config import Settings
+from shared.core.pools import s3_pool_size
 from shared.core.timeouts import S3_ATTEMPTS, s3_socket_timeout
 from shared.storage.base import (
     UPLOAD_CACHE_CONTROL,
@@ -39,6 +40,9 @@ def _config(**extra: Any) -> Config:
         # ours to choose (SHA-256, declared by the app).
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
+        # One connection per task or request the process runs at once (a threads
+        # pool of 16 would otherwise reconnect beyond botocore's 10).
+        max_pool_connections=s3_pool_size(),
         **extra,
     )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -23,8 +24,24 @@ from shared.core.config import Settings
 from shared.storage.keys import RETENTION_TAG, TEMPORARY
 from shared.storage.s3 import S3Storage
 
+# Answers that mean the bucket or the credentials are wrong, not that the provider
+# lacks a feature: the release step fails on them (a misspelt bucket name must not
+# pass a deploy), where a feature's refusal is reported and the step goes on.
+FATAL_CODES = frozenset({"NoSuchBucket", "InvalidBucketName", "InvalidAccessKeyId",
+                         "SignatureDoesNotMatch"})
+
+
+@dataclass(frozen=True)
+class Step:
+    line: str
+    fatal: bool = False
+
 
 def apply(settings: Settings, *, create: bool = True) -> Iterator[str]:
+    return (step.line for step in apply_steps(settings, create=create))
+
+
+def apply_steps(settings: Settings, *, create: bool = True) -> Iterator[Step]:
     client = S3Storage(settings).client
     for bucket, lifecycle in ((settings.uploads_bucket, _uploads_lifecycle(settings)),
                               (settings.processed_bucket, _processed_lifecycle(settings))):
@@ -56,15 +73,15 @@ def _steps(client: Any, bucket: str, lifecycle: list[dict[str, Any]], settings: 
                                LifecycleConfiguration={"Rules": lifecycle})
 
 
-def _step(bucket: str, what: str, action: Callable[[], Any] | None) -> str:
+def _step(bucket: str, what: str, action: Callable[[], Any] | None) -> Step:
     if action is None:
-        return f"{bucket}: {what}"
+        return Step(f"{bucket}: {what}")
     try:
         action()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "error")
-        return f"{bucket}: {what}: not applied ({code})"
-    return f"{bucket}: {what}: ok"
+        return Step(f"{bucket}: {what}: not applied ({code})", fatal=code in FATAL_CODES)
+    return Step(f"{bucket}: {what}: ok")
 
 
 def _create(client: Any, bucket: str, region: str) -> None:

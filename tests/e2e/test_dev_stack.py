@@ -51,7 +51,9 @@ def dev_stack(data_dir: Path, *options: str, **env_overrides: str) -> Iterator[d
             assert "READY " in text, text[-3000:]
             base = re.search(r"READY (\S+)", text)[1]  # type: ignore[index]
             token = re.search(r"token\s+(\S+)", text)[1]  # type: ignore[index]
-            yield {"base": base, "token": token, "data_dir": str(data_dir)}
+            metrics = " ".join(f"{name}={url}" for url, name in re.findall(
+                r"metrics\s+(http://127\.0\.0\.1:\d+/metrics)\s+\((\S+)\)", text))
+            yield {"base": base, "token": token, "data_dir": str(data_dir), "metrics": metrics}
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)
@@ -123,8 +125,17 @@ def test_concurrent_uploads_through_the_dev_stack(stack):
 def test_ready_and_metrics(stack):
     assert httpx.get(f"{stack['base']}/readyz").json()["checks"] == {
         "database": "ok", "redis": "ok", "storage": "ok"}
-    metrics = httpx.get(f"{stack['base']}/metrics").text
-    assert "upload_issued_total" in metrics
+    # Every process group prints its own endpoint, as separate hosts would have one;
+    # the API's public port carries none.
+    from shared.core.pools import POOLS
+
+    urls = dict(entry.split("=", 1) for entry in stack["metrics"].split())
+    assert set(urls) == {"api", "hooks", "beat", *(f"worker-{pool.name}" for pool in POOLS)}
+    assert "upload_issued_total" in httpx.get(urls["api"]).text
+    assert "celery_queue_length" in httpx.get(urls["api"]).text
+    assert httpx.get(f"{stack['base']}/metrics").status_code == 404
+    for name, url in urls.items():
+        assert httpx.get(url).status_code == 200, name
 
 
 def test_try_on_offline_through_the_dev_stack(stack, tmp_path):
@@ -143,10 +154,12 @@ def test_try_on_offline_through_the_dev_stack(stack, tmp_path):
     db = sqlite3.connect(data_dir / "hairfluencer.sqlite3")
     status, key = db.execute("SELECT status, result_key FROM try_ons").fetchone()
     assert status == "succeeded" and key.startswith("results/dev-user/")
-    # completion came by the emulator's signed webhook, not by polling
-    api_log = (data_dir / "logs" / "api.log").read_text()
-    assert '"POST /v1/webhooks/fal"' in api_log
-    assert "token=" not in api_log  # the webhook's HMAC token is not logged
+    # completion came by the emulator's signed webhook, not by polling, to the webhook
+    # listener of its own (the user-facing API never saw it)
+    hooks_log = (data_dir / "logs" / "hooks.log").read_text()
+    assert '"POST /v1/webhooks/fal"' in hooks_log
+    assert '"POST /v1/webhooks/fal"' not in (data_dir / "logs" / "api.log").read_text()
+    assert "token=" not in hooks_log  # the webhook's HMAC token is not logged
     for log_file in (data_dir / "logs").glob("*.log"):
         for marker in SECRET_MARKERS:
             assert marker not in log_file.read_text(errors="replace"), log_file.name

@@ -127,6 +127,13 @@ def test_production_refuses_the_dev_secret():
 
     with pytest.raises(ConfigError):
         make_settings(env="production")
-    settings = make_settings(env="production", jwt_dev_secret="", jwt_jwks_url="https://x/jwks",
-                             jwt_issuer=ISSUER)
+    production = {"env": "production", "jwt_dev_secret": "", "jwt_jwks_url": "https://x/jwks",
+                  "jwt_issuer": ISSUER}
+    settings = make_settings(**production, database_url="postgresql+psycopg://db/hf",
+                             fal_key="key")
     assert settings.jwt_dev_secret == ""
+    # the embedded defaults never stand in for a forgotten setting in production
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        make_settings(**production, fal_key="key")
+    with pytest.raises(ConfigError, match="FAL_KEY"):
+        make_settings(**production, database_url="postgresql+psycopg://db/hf")

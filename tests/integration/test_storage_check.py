@@ -158,3 +158,16 @@ def test_a_provider_that_accepts_tampered_urls_fails(tmp_path: Path) -> None:
                           settings.processed_bucket) == 0
     finally:
         server.stop()
+
+
+def test_setup_storage_fails_the_release_on_a_bucket_that_does_not_exist(
+        s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`setup-storage --no-create` (the release step) against a misspelt bucket name
+    exits 1 naming the step, instead of passing a deploy that cannot store anything."""
+    missing = f"hf-missing-{uuid.uuid4().hex[:8]}"
+    settings = _settings(s3_endpoint, missing, f"{missing}-processed")
+    monkeypatch.setattr("api.cli.get_settings", lambda: settings)
+    result = CliRunner().invoke(main, ["setup-storage", "--no-create"])
+    assert result.exit_code == 1, result.output
+    assert f"{missing}: public access block: not applied (NoSuchBucket)" in result.output
+    assert "bucket names or the credentials are wrong" in result.output

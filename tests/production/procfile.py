@@ -1,8 +1,9 @@
 """The Procfile read as honcho (and a PaaS) reads it: its process types, and what the
 test needs to know of each. The types are never listed here: a type added to the
-Procfile is started, scraped and checked like the others. Only the two HTTP servers
-are known by name, for how to reach them: `web` listens on PORT (and WEB_ADDRESS),
-Flower on FLOWER_ADDRESS:FLOWER_PORT behind FLOWER_BASIC_AUTH."""
+Procfile is started, scraped and checked like the others. Only the HTTP servers are
+known by name, for how to reach them: `web` listens on PORT (and WEB_ADDRESS), `hooks`
+(fal's webhooks) on HOOKS_PORT (and WEB_ADDRESS), Flower on FLOWER_ADDRESS:FLOWER_PORT
+behind FLOWER_BASIC_AUTH."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from honcho.environ import parse_procfile
 REPO = Path(__file__).resolve().parents[2]
 RELEASE = "release"
 WEB = "web"
+HOOKS = "hooks"
 FLOWER = "flower"
 
 

@@ -43,6 +43,7 @@ from tests.conftest import PG_ADMIN_URL, REDIS_URL
 from tests.production.auth_server import AuthServer
 from tests.production.procfile import (
     FLOWER,
+    HOOKS,
     RELEASE,
     WEB,
     CeleryWorker,
@@ -146,8 +147,10 @@ def _start(resources: ExitStack, procfile: Path, s3_endpoint: str, root: Path) -
     inbox = SentryInbox()
     resources.callback(_close, inbox)
 
-    web_port, flower_port = free_port(), free_port()
+    web_port, flower_port, hooks_port = free_port(), free_port(), free_port()
     web_url, flower_url = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{flower_port}"
+    # fal calls back the webhook listener where the Procfile has one, else web.
+    hooks_url = f"http://127.0.0.1:{hooks_port}" if HOOKS in entries else web_url
     flower_login = ("ops", secrets.token_urlsafe(16))
     fal_key, webhook_secret = secrets.token_urlsafe(24), secrets.token_urlsafe(32)
     # HAIRFLUENCER_ENV is left to the Procfile, whose default is production.
@@ -162,11 +165,12 @@ def _start(resources: ExitStack, procfile: Path, s3_endpoint: str, root: Path) -
         "FAL_KEY": fal_key, "FAL_QUEUE_HOST": f"127.0.0.1:{emulator.port}",
         "FAL_WEBHOOK_JWKS_URL": emulator.jwks_url, "FAL_MEDIA_HOSTS": f"127.0.0.1:{emulator.port}",
         "SSL_CERT_FILE": str(emulator.ca_bundle_path),
-        "WEBHOOK_SECRET": webhook_secret, "PUBLIC_BASE_URL": web_url,
+        "WEBHOOK_SECRET": webhook_secret, "PUBLIC_BASE_URL": hooks_url,
         "SENTRY_DSN": inbox.dsn,
     }
     own = {
         WEB: {"PORT": str(web_port), "WEB_ADDRESS": "127.0.0.1"},
+        HOOKS: {"HOOKS_PORT": str(hooks_port), "WEB_ADDRESS": "127.0.0.1"},
         FLOWER: {"FLOWER_PORT": str(flower_port), "FLOWER_ADDRESS": "127.0.0.1",
                  "FLOWER_BASIC_AUTH": ":".join(flower_login)},
     }
@@ -208,11 +212,14 @@ def check_procfile(procfile: Path) -> dict[str, str]:
     entries = process_types(procfile)
     missing = {RELEASE, WEB, FLOWER} - set(entries)
     assert not missing, f"{procfile} has no {sorted(missing)}"
-    host = bind_host(entries[WEB], {"PATH": "/usr/bin:/bin", "WEB_ADDRESS": "127.0.0.1",
-                                    "PORT": "8000"})
-    assert host == "127.0.0.1", (
-        f"the Procfile's web entry would listen on {host or 'every interface'} with "
-        "WEB_ADDRESS=127.0.0.1 set: write its bind as `-b ${WEB_ADDRESS:-0.0.0.0}:${PORT:-8000}`")
+    for name in (WEB, HOOKS):
+        if name not in entries:
+            continue
+        host = bind_host(entries[name], {"PATH": "/usr/bin:/bin", "WEB_ADDRESS": "127.0.0.1",
+                                         "PORT": "8000", "HOOKS_PORT": "8001"})
+        assert host == "127.0.0.1", (
+            f"the Procfile's {name} entry would listen on {host or 'every interface'} with "
+            "WEB_ADDRESS=127.0.0.1 set: write its bind as `-b ${WEB_ADDRESS:-0.0.0.0}:…`")
     return entries
 
 
@@ -235,8 +242,10 @@ def _wait_until_ready(stack: Stack) -> None:
             return False
         if process.worker and f"{process.worker.node} ready." not in process.log:
             return False
-        if process.name == WEB:
-            return httpx.get(f"{stack.web_url}/readyz", timeout=2).status_code == 200
+        if process.name in (WEB, HOOKS):
+            url = process.env.get("HOOKS_PORT") if process.name == HOOKS else None
+            base = f"http://127.0.0.1:{url}" if url else stack.web_url
+            return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
         if process.name == FLOWER:
             # Flower sees every worker through the broker (its task list needs it
             # connected before the first task runs).

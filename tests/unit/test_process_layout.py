@@ -95,8 +95,9 @@ def test_the_database_connections_of_every_process_stay_under_max_connections():
     max_connections of 100, with room for migrations, psql and a second deploy's
     processes starting before the first's stop."""
     cores = os.cpu_count() or 1
-    web_workers = 2  # gunicorn -w 2 (Procfile: WEB_CONCURRENCY's default), sync workers
-    api = web_workers * max_db_connections("sync", 1)
+    # gunicorn -w 2 sync workers for the API and for fal's webhooks (the Procfile's
+    # WEB_CONCURRENCY and HOOKS_CONCURRENCY defaults)
+    api = (2 + 2) * max_db_connections("sync", 1)
     for where, commands in worker_commands().items():
         workers = sum(max_db_connections(option(argv, "-P") or "prefork",
                                          int(option(argv, "-c") or cores))

@@ -24,7 +24,10 @@ task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # Redis redelivers unacknowledged messages after this long: longer than any task.
 # Socket timeouts bound every send (shared/core/timeouts.py, BROKER_TIMEOUT_SECONDS).
-broker_transport_options = {"visibility_timeout": 3600,
+# A worker takes from its queues in the order its -Q lists them, the first non-empty
+# one first (shared/core/pools.py: the fal pool lists tryons_done before tryons, so
+# finished jobs are completed before new ones are submitted).
+broker_transport_options = {"visibility_timeout": 3600, "queue_order_strategy": "priority",
                             **broker_transport_options_for(_settings.broker_timeout_seconds)}
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 2

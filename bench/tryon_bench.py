@@ -1,8 +1,8 @@
 """Try-ons under load: 1,000 jobs in flight against the whole stack, in webhook mode.
 
-    .venv/bin/python bench/tryon_bench.py                      # sync:2/pools (~4 min)
+    .venv/bin/python bench/tryon_bench.py                      # sync:2+hooks:2/pools (~4 min)
     .venv/bin/python bench/tryon_bench.py --jobs 1000 --latency 10 \\
-        --configs 'sync:2/pools,sync:2/prefork:2,sync:2/pools;fal=threads:32'
+        --configs 'sync:2+hooks:2/pools,sync:2/prefork:2,sync:2+hooks:2/pools;fal=threads:32'
     .venv/bin/python bench/tryon_bench.py --jobs 100 --run2-jobs 50 --run2-concurrency 1  # quick
 
 Config syntax: API/worker, `sync:N` or `gthread:NxT` gunicorn workers (x threads),

@@ -104,7 +104,7 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
         pools = {
             "validation": ["-Q", "uploads", "-P", "prefork", "-c", str(workers),
                            "--max-tasks-per-child", "200"],
-            "fal": ["-Q", "tryons,tryons_done", "-P", "threads", "-c", "16"],
+            "fal": ["-Q", "tryons_done,tryons", "-P", "threads", "-c", "16"],
             "maintenance": ["-Q", "maintenance,default", "-P", "prefork", "-c", "1",
                             "--max-tasks-per-child", "100"],
         }

@@ -28,9 +28,9 @@ def parse_args(description: str | None) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=10.0, help="emulator latency in Run 1 (s)")
     p.add_argument("--users", type=int, default=100)
     p.add_argument("--client-threads", type=int, default=32)
-    p.add_argument("--configs", default="sync:2/pools",
+    p.add_argument("--configs", default="sync:2+hooks:2/pools",
                    help="comma-separated API/worker shapes for Run 1: `pools` is the dev "
-                        "stack's layout (shared/core/pools.py), e.g. sync:2/pools,"
+                        "stack.s layout (shared/core/pools.py), e.g. sync:2+hooks:2/pools,"
                         "sync:2/prefork:2,sync:2/pools;fal=threads:32,"
                         "sync:2/pools;finish=threads:8@tryons_done")
     p.add_argument("--run2-config", default=None, help="shape for Run 2 (default: first of --configs)")

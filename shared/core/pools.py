@@ -18,6 +18,9 @@ docs/operations.md ("Worker pools").
   DB_STATEMENT_TIMEOUT_SECONDS for queries); its memory is bounded from outside
   (the container's or unit's limit), not by an address-space limit, which thread
   stacks and malloc arenas would exhaust long before real memory.
+  Its queues are taken in priority order, completions (`tryons_done`) before
+  submissions (`tryons`): under a burst the backlog forms in front of new work, and
+  a job fal has finished is stored at once.
 - maintenance: the beat's passes and erasures, one at a time, out of the way of
   user-facing work.
 """
@@ -71,7 +74,9 @@ class Pool:
 
 POOLS: tuple[Pool, ...] = (
     Pool("validation", ("uploads",), "prefork", None, max_tasks_per_child=200),
-    Pool("fal", ("tryons", "tryons_done"), "threads", 16),
+    # tryons_done first: a worker takes from its queues in this order (celeryconfig's
+    # queue_order_strategy), so a finished job never waits behind new submissions.
+    Pool("fal", ("tryons_done", "tryons"), "threads", 16),
     Pool("maintenance", ("maintenance", DEFAULT_QUEUE), "prefork", 1, max_tasks_per_child=100),
 )
 POOL_BY_NAME = {pool.name: pool for pool in POOLS}

@@ -46,10 +46,22 @@ def _option(argv: list[str], *names: str) -> str | None:
     return None
 
 
-def process_name(argv: list[str]) -> str:
+def listener_names(env: dict[str, str]) -> dict[str, str]:
+    """port -> what the dev stack serves there, from the URLs it hands out: the API,
+    and the listener fal's webhooks go to when it is another one."""
+    names = {}
+    for var, name in (("PUBLIC_BASE_URL", "fal webhooks"), ("HF_BASE_URL", "API")):
+        port = env.get(var, "").rstrip("/").rsplit(":", 1)[-1]
+        if port.isdigit():
+            names[port] = name
+    return names
+
+
+def process_name(argv: list[str], listeners: dict[str, str] | None = None) -> str:
     """A short, stable name from a command line: `celery worker -Q <queues> -P <pool>
-    -c <n>`, `celery beat`, `gunicorn api.wsgi:app`, `python -m <module>` as the module,
-    else the program's name."""
+    -c <n>`, `celery beat`, `gunicorn api.wsgi:app (API)` (what its port serves, from
+    `listeners`: ports are random), `python -m <module>` as the module, else the
+    program's name."""
     if not argv:
         return "?"
     prog = [Path(a).name for a in argv[:2]]
@@ -65,14 +77,18 @@ def process_name(argv: list[str]) -> str:
                     name += f" {flag} {value}"
         return name
     if "gunicorn" in prog:
-        return "gunicorn " + (argv[-1] if ":" in argv[-1] else "")
+        bind = _option(argv, "-b", "--bind") or ""
+        port = bind.rsplit(":", 1)[-1]
+        serves = (listeners or {}).get(port, f"-b {bind}" if bind else "")
+        return " ".join(["gunicorn", argv[-1] if ":" in argv[-1] else "",
+                         f"({serves})" if serves else ""]).replace("  ", " ").strip()
     if "-m" in argv:
         return argv[argv.index("-m") + 1]
     # Some servers rewrite their command line into one string (redis-server's "host:port").
     return Path(argv[0].split()[0]).name
 
 
-def stack_processes(exclude: set[int]) -> list[Proc]:
+def stack_processes(exclude: set[int], listeners: dict[str, str] | None = None) -> list[Proc]:
     """Every live descendant of this process except itself and `exclude` (and their
     descendants, e.g. the load generator), named by the direct child it runs under."""
     me = os.getpid()
@@ -80,7 +96,7 @@ def stack_processes(exclude: set[int]) -> list[Proc]:
     for top in _children(me):
         if top in exclude:
             continue
-        group = process_name(_argv(top))
+        group = process_name(_argv(top), listeners)
         for pid in descendants(top):
             if pid in exclude:
                 continue

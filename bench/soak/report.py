@@ -100,6 +100,6 @@ def print_pss(result: dict[str, Any], growth: dict[str, Any]) -> None:
                  for r in result["pss_per_process"]],
                 ["group", "role", "pid", "warm-up", "end", "growth %"])
     verdict = "within" if growth["within_limit"] else "OVER"
-    print(f"\napplication PSS growth {growth['total']['app_mib']['growth_pct']} % "
-          f"({verdict} the {growth['limit_pct']:.0f} % bound; groups over it: "
+    print(f"\napplication PSS growth: {growth['total']['app_mib']['growth_pct']} % in total; "
+          f"{verdict} the {growth['limit_pct']:.0f} % bound (application groups over it: "
           f"{growth['app_groups_over_limit'] or 'none'})", flush=True)

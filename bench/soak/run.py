@@ -21,7 +21,7 @@ from bench.soak import memory
 from bench.soak.cpu import CpuMeter
 from bench.soak.environment import ambient, soak_settings
 from bench.soak.minutes import RecordsReader, by_kind_latency, summarize
-from bench.soak.processes import Proc, pss_sample, stack_processes
+from bench.soak.processes import Proc, listener_names, pss_sample, stack_processes
 from bench.soak.report import print_minute
 from bench.tryon.guards import arm, disarm, wait_for_others
 from bench.tryon.uploads import selfie_bytes
@@ -78,11 +78,11 @@ def _sleep_until(wall: float, gen: ManagedProcess) -> None:
 class Sampler:
     """The readings at each checkpoint: processes, PSS, CPU since the last one."""
 
-    def __init__(self, meter: CpuMeter, exclude: set[int]) -> None:
-        self.meter, self.exclude = meter, exclude
+    def __init__(self, meter: CpuMeter, exclude: set[int], listeners: dict[str, str]) -> None:
+        self.meter, self.exclude, self.listeners = meter, exclude, listeners
 
     def read(self) -> tuple[list[Proc], list[dict[str, Any]], dict[str, Any]]:
-        procs = stack_processes(self.exclude)
+        procs = stack_processes(self.exclude, self.listeners)
         return procs, pss_sample(procs), self.meter.interval(procs)
 
 
@@ -160,8 +160,8 @@ def run_soak(args: argparse.Namespace, result: dict[str, Any], es: contextlib.Ex
                                "base": plan["base"], "s3": env.get("HF_S3_KIND"),
                                "selfie_bytes": Path(plan["selfie"]).stat().st_size})
     result["setup_s"] = round(time.monotonic() - t_setup, 1)
-    meter_exclude: set[int] = set()
-    idle = stack_processes(meter_exclude)
+    listeners = listener_names(env)
+    idle = stack_processes(set(), listeners)
     result["pss"]["before_traffic"] = {"at_s": None, "sample": pss_sample(idle)}
     print(f"stack ready in {result['setup_s']} s at {plan['base']} ({len(idle)} processes, "
           f"S3: {env.get('HF_S3_KIND')}); traffic for {args.duration:.0f} s at "
@@ -173,7 +173,7 @@ def run_soak(args: argparse.Namespace, result: dict[str, Any], es: contextlib.Ex
     arm(args.duration + args.drain + args.setup_timeout)
     gen.start()
     assert gen.pid is not None
-    sampler = Sampler(CpuMeter(PG_ADMIN_URL, db, gen.pid), {gen.pid})
+    sampler = Sampler(CpuMeter(PG_ADMIN_URL, db, gen.pid), {gen.pid}, listeners)
     reader = RecordsReader(Path(plan["records"]))
     _traffic(args, result, gen, reader, sampler)
     _drain(args, result, gen, reader, sampler)

@@ -9,10 +9,12 @@ of two places until it is acknowledged:
   `unacked_index`. A task with an ETA (a countdown) is held from delivery until it
   runs; any other is held only while its worker runs it or has it prefetched.
 
-A message held for longer than `held_for` past its ETA (or its delivery, without
-one) belongs to a worker that died with it: Redis would hand it back only after
-the visibility timeout (an hour), so it counts as gone. Anything not found is gone
-too: never sent (the broker was down), or lost (Redis restarted empty).
+A message held for longer than `held_for` (10 s) past its ETA (or its delivery,
+without one) belongs to a worker that died with it (a live one runs what it holds
+at once: its prefetch is its concurrency; a longer run has claimed its row). Redis
+would hand it back only after the visibility timeout (an hour), so it counts as gone.
+Anything not found is gone too: never sent (the broker was down), or lost (Redis
+restarted empty).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class BrokerUnreadable(Exception):
 class RedisBrokerView:
     url: str
     budget_seconds: float
-    held_for: float = 30.0
+    held_for: float = 10.0
 
     def pending(self, queues: Collection[str], tasks: Collection[str]) -> Pending:
         """The messages of `tasks` waiting in `queues` or held by a live worker."""

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import suppress
@@ -42,6 +43,11 @@ WORKERS = [(pool, n) for pool in POOLS for n in range(2)]
 SUITE_ENV = {
     "FAL_DEADLINE_SECONDS": "60",
     "FAL_RETRY_BASE_SECONDS": "1",
+    # A killed fal process (threads) leaves up to its concurrency of submissions in
+    # doubt at once, and a Redis restart takes the fal workers with it: their webhooks,
+    # queued behind the restart, need longer than the default 20 s to be heard before
+    # a takeover submits again (docs/reliability.md).
+    "FAL_IN_DOUBT_SECONDS": "30",
     "RECONCILE_INTERVAL_SECONDS": "3",
     "PRESIGN_DAILY_QUOTA": "1000",
     "TRYON_DAILY_QUOTA": "1000",
@@ -64,6 +70,13 @@ class System:
     env: dict[str, str] = field(default_factory=dict)
     workers: dict[str, ManagedProcess] = field(default_factory=dict)  # by node prefix
     restarts: dict[str, int] = field(default_factory=lambda: {"worker": 0, "redis": 0})
+    # Workers that exited on their own and were started again, as a PaaS or compose's
+    # `restart: unless-stopped` would (a threads-pool worker exits when the broker
+    # goes away under it: kombu's connection close fails, Celery calls it unrecoverable).
+    supervised: list[str] = field(default_factory=list)
+    _killing: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> System:
@@ -104,12 +117,23 @@ class System:
                                    self.logs / "beat.log", env=env, cwd=REPO, name="beat").start()
         if not wait_until(self._ready, 90, interval=0.5):
             raise RuntimeError("the system did not become ready:\n" + self.api.log_tail())
+        threading.Thread(target=self._supervise, daemon=True, name="supervisor").start()
         if not wait_until(lambda: len(self.worker_nodes()) == len(WORKERS), 90, interval=1):
             raise RuntimeError("workers did not start:\n" + "\n".join(
                 w.log_tail() for w in self.workers.values()))
         return self
 
+    def _supervise(self) -> None:
+        while not self._stopping.wait(1.0):
+            with self._lock:
+                for name, process in list(self.workers.items()):
+                    if name not in self._killing and not process.alive():
+                        self.supervised.append(name)
+                        self.restarts["worker"] += 1
+                        self.workers[name] = self._worker(name).start()
+
     def stop(self) -> None:
+        self._stopping.set()
         for process in [getattr(self, "beat", None), *self.workers.values(),
                         getattr(self, "api", None)]:
             if process is not None:
@@ -207,13 +231,17 @@ class System:
         of the container): its unacknowledged messages come back only after the
         broker's visibility timeout. Returns the tasks it was running."""
         running = self.active_tasks(name)
-        os.killpg(self.workers[name].pid, signal.SIGKILL)  # type: ignore[arg-type]
-        self.workers[name].stop()
+        with self._lock:
+            self._killing.add(name)
+            os.killpg(self.workers[name].pid, signal.SIGKILL)  # type: ignore[arg-type]
+            self.workers[name].stop()
         return running
 
     def restart_worker(self, name: str) -> None:
-        self.restarts["worker"] += 1
-        self.workers[name] = self._worker(name).start()
+        with self._lock:
+            self.restarts["worker"] += 1
+            self.workers[name] = self._worker(name).start()
+            self._killing.discard(name)
 
     # -- PostgreSQL --------------------------------------------------------------------
     def terminate_db_connections(self) -> int:

@@ -104,6 +104,8 @@ class Run:
             return [f.result() for f in [pool.submit(call) for call in calls]]
 
 
+# The settle wait alone may take SETTLE_TIMEOUT: room for it and the load before.
+@pytest.mark.timeout(SETTLE_TIMEOUT + 300)
 def test_nothing_is_lost(system: System) -> None:
     settings = system.settings()
     run = Run(system, AppClient(system.api_url, settings))
@@ -361,8 +363,10 @@ def _check(run: Run, svc: Services, settings: Any, erasure_id: str, leaving: lis
             latency = (job.completed_at - job.created_at).total_seconds()
             hit_rows.append(f"| kill in {kill} hit job {job.id[:8]} | latency {latency:.1f} s "
                             f"(p50 {p50:.1f} s) |")
-            if latency > p50 + 30:
-                problems.append(f"the {kill} kill added {latency - p50:.0f} s (> 30 s)")
+            # A claim that died mid-submit waits out its lease before it is taken over.
+            bound = settings.fal_in_doubt_seconds + 10
+            if latency > p50 + bound:
+                problems.append(f"the {kill} kill added {latency - p50:.0f} s (> {bound} s)")
     lines = [
         "| fault injected | detail |", "| --- | --- |",
         *(f"| {name} | {detail} |" for name, detail in run.faults),
@@ -385,6 +389,8 @@ def _check(run: Run, svc: Services, settings: Any, erasure_id: str, leaving: lis
         f"| job latency p50 / max | {p50:.1f} s / {max(latencies):.1f} s |",
         *hit_rows,
         f"| settled after the last fault | {settle_seconds:.0f} s |",
+        f"| workers that exited on their own, restarted by the supervisor | "
+        f"{system.supervised or 'none'} |",
         f"| app-side retries (503, 429, dropped) | {run.client.retries} |",
         f"| the app's polls during the faults | {dict(poller.answers)} |",
         f"| whole run | {total_seconds:.0f} s |",

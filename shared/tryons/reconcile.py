@@ -11,7 +11,7 @@ the broker cannot be read, age alone decides, as a duplicate costs a no-op run."
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 
@@ -36,14 +36,12 @@ def reconcile(svc: Services) -> list[FollowUp]:
     sent again, a lapsed claim is handed to `run` (which takes it over), a submitted
     job is asked about, and a job past its deadline (or, never accepted by fal, past
     `submit_bound`) is failed."""
+    if not _due_jobs(svc, svc.clock()):
+        return []  # the usual pass: the broker (perhaps a long backlog) is not read
     # Read before the jobs: a message taken meanwhile shows in the job's state.
     in_broker = svc.messages_in_broker(MOVING_TASKS) or {}
     now = svc.clock()
-    with svc.sessions() as session:
-        jobs = list(session.scalars(select(TryOn).where(
-            TryOn.status.in_(JobStatus.IN_FLIGHT),
-            or_(TryOn.due_at.is_(None), TryOn.due_at < now, TryOn.deadline_at < now))
-            .order_by(TryOn.due_at).limit(RECONCILE_BATCH)))
+    jobs = _due_jobs(svc, now)
     follow: list[FollowUp] = []
     resent: list[str] = []
     asked: list[str] = []
@@ -75,6 +73,14 @@ def reconcile(svc: Services) -> list[FollowUp]:
                                                 TryOn.status == JobStatus.PROCESSING)
                             .values(due_at=now + SILENT_AFTER))
     return follow
+
+
+def _due_jobs(svc: Services, now: datetime) -> list[TryOn]:
+    with svc.sessions() as session:
+        return list(session.scalars(select(TryOn).where(
+            TryOn.status.in_(JobStatus.IN_FLIGHT),
+            or_(TryOn.due_at.is_(None), TryOn.due_at < now, TryOn.deadline_at < now))
+            .order_by(TryOn.due_at).limit(RECONCILE_BATCH)))
 
 
 def _on_its_way(job: TryOn, in_broker: Pending) -> bool:

@@ -39,16 +39,13 @@ def resend_stale_validations(svc: Services) -> int:
     """Validations whose lease ended (their worker died, their message was lost, or
     none was ever sent) are sent again; one whose lease still runs, or whose message
     is still in the broker (a backlog, a live worker's hands), is left alone."""
-    in_broker = svc.messages_in_broker((VALIDATE_UPLOAD,)) or {}
+    _give_up_on_validation(svc, svc.clock())
+    if not _lapsed_validations(svc, svc.clock()):
+        return 0  # the usual pass: the broker is not read
+    # Read before the rows: a message taken meanwhile shows in the row's lease.
+    waiting = (svc.messages_in_broker((VALIDATE_UPLOAD,)) or {}).get(VALIDATE_UPLOAD, set())
     now = svc.clock()
-    _give_up_on_validation(svc, now)
-    waiting = in_broker.get(VALIDATE_UPLOAD, set())
-    with svc.sessions() as session:
-        ids = [upload_id for upload_id in session.scalars(
-            select(Upload.id).where(Upload.status == UploadStatus.VALIDATING,
-                                    or_(Upload.validation_lease_until.is_(None),
-                                        Upload.validation_lease_until < now))
-            .order_by(Upload.confirmed_at).limit(BATCH)) if upload_id not in waiting]
+    ids = [upload_id for upload_id in _lapsed_validations(svc, now) if upload_id not in waiting]
     if not ids:
         return 0
     with svc.sessions.begin() as session:
@@ -62,6 +59,15 @@ def resend_stale_validations(svc: Services) -> int:
     sent = sum(1 for upload_id in ids if svc.dispatch(VALIDATE_UPLOAD, upload_id))
     log.info("re-sent %d of %d stale validations", sent, len(ids))
     return sent
+
+
+def _lapsed_validations(svc: Services, now: datetime) -> list[str]:
+    with svc.sessions() as session:
+        return list(session.scalars(
+            select(Upload.id).where(Upload.status == UploadStatus.VALIDATING,
+                                    or_(Upload.validation_lease_until.is_(None),
+                                        Upload.validation_lease_until < now))
+            .order_by(Upload.confirmed_at).limit(BATCH)))
 
 
 def _give_up_on_validation(svc: Services, now: datetime) -> None:

@@ -28,6 +28,7 @@ from shared.core.config import Settings
 from shared.core.task_names import ALL_QUEUES
 from tests.conftest import DEV_SECRET, fixture_bytes
 from tests.integration.test_upload_flow import sha256_b64
+from tests.production.metrics_reading import counts, moved, scrape
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -75,29 +76,6 @@ class Group:
 class System:
     api_base: str  # the published port
     groups: dict[str, Group]
-
-
-def scrape(url: str) -> str:
-    response = httpx.get(url, timeout=5)
-    response.raise_for_status()
-    return response.text
-
-
-def counts(text: str) -> dict[str, float]:
-    """Every counter and every histogram's _count, keyed as PromQL writes a series."""
-    out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if (family.type == "counter" and sample.name.endswith("_total")) or (
-                    family.type == "histogram" and sample.name.endswith("_count")):
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-                out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return out
-
-
-def moved(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {key: value - before.get(key, 0.0) for key, value in after.items()
-            if value != before.get(key, 0.0)}
 
 
 @pytest.fixture

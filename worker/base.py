@@ -8,6 +8,7 @@ routes); delivery options are stated here once per kind of task.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,13 +29,18 @@ from shared.services import DEPENDENCY_FAILURES, Services
 TRANSIENT = DEPENDENCY_FAILURES  # declared once, in the composition root
 
 _services: Services | None = None
+_building = threading.Lock()
 
 
 def services() -> Services:
-    """One Services per worker process, built on first use (after fork)."""
+    """One Services per worker process, built on first use (after fork). Locked: a
+    threads pool's first burst would otherwise build one per thread, each with its
+    own database pool and S3 clients (~120 ms of CPU apiece), all but one discarded."""
     global _services
     if _services is None:
-        _services = Services.from_settings(get_settings())
+        with _building:
+            if _services is None:
+                _services = Services.from_settings(get_settings())
     return _services
 
 

@@ -12,6 +12,7 @@ never delete them before the `deleteAfter` the API reports.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from PIL import Image
 from sqlalchemy import select
 
+from shared.images.bare_jpeg import carries_only_pixels
 from shared.images.sanitize import ImageRejected, SanitizedImage, sanitize
 from shared.models import JobStatus, TryOn
 from shared.services import Services
@@ -47,14 +49,23 @@ class Rendered:
 
 
 def render(data: bytes, max_pixels: int) -> Rendered:
-    """Decode fal's image and re-encode it (no metadata) plus a thumbnail."""
+    """fal's image without metadata, plus a thumbnail. A bare baseline JPEG (what fal
+    sends) is kept byte for byte, decoded only at the thumbnail's scale, which still
+    decodes every coefficient of it; anything else is re-encoded (bare_jpeg.py)."""
     try:
         with Image.open(io.BytesIO(data), formats=RESULT_FORMATS) as image:
             if image.width * image.height > max_pixels:
                 raise NotAnImage("too many pixels")
-            image.load()
-            clean = sanitize(image)
-            thumb_image = image.convert("RGB")
+            if carries_only_pixels(image, data):
+                clean = SanitizedImage(data=data, width=image.width, height=image.height,
+                                       sha256=hashlib.sha256(data).hexdigest())
+                image.draft("RGB", THUMBNAIL_SIZE)
+                image.load()
+                thumb_image = image.convert("RGB")
+            else:
+                image.load()
+                clean = sanitize(image)
+                thumb_image = image.convert("RGB")
             thumb_image.thumbnail(THUMBNAIL_SIZE)
             thumb = sanitize(thumb_image)
     except (OSError, SyntaxError, ValueError, ImageRejected, Image.DecompressionBombError):

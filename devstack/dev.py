@@ -33,6 +33,7 @@ from devstack.flower import FLOWER_USER, flower_password, flower_process, flower
 from devstack.localstack import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, start_s3
 from devstack.procs import ManagedProcess, free_port, on_stop_signals, tail, wait_until
 from devstack.redis_server import start_redis
+from shared.core.pools import POOL_BY_NAME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_DIR = REPO_ROOT / ".devstack" / "dev"
@@ -104,7 +105,7 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
         pools = {
             "validation": ["-Q", "uploads", "-P", "prefork", "-c", str(workers),
                            "--max-tasks-per-child", "200"],
-            "fal": ["-Q", "tryons_done,tryons", "-P", "threads", "-c", "16"],
+            "fal": ["-Q", "tryons_done,tryons", "-P", "threads", "-c", "8"],
             "maintenance": ["-Q", "maintenance,default", "-P", "prefork", "-c", "1",
                             "--max-tasks-per-child", "100"],
         }
@@ -116,12 +117,18 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
             group_env, metrics[name] = metrics_group(env, prom, name)
             return group_env
 
+        # A pool declared one per core (fal) runs that many processes: worker-fal-0, -1…
+        pool_processes = [(pool, argv, pool + (f"-{i}" if count > 1 else ""))
+                   for pool, argv in pools.items()
+                   for count in [POOL_BY_NAME[pool].processes_per_host()]
+                   for i in range(count)]
         processes = [
             *(ManagedProcess([_bin("celery"), "-A", "worker.app", "worker", *argv,
-                              "--loglevel", "INFO", "-n", f"{pool}-{port}@%h"],
-                             logs / f"worker-{pool}.log", env=group(f"worker-{pool}"),
-                             cwd=REPO_ROOT, name=f"worker-{pool}")
-              for pool, argv in pools.items()),
+                              "--loglevel", "INFO", "-n", f"{name}-{port}@%h"],
+                             logs / f"worker-{name}.log",
+                             env={**group(f"worker-{name}"), **dict(POOL_BY_NAME[pool].environment)},
+                             cwd=REPO_ROOT, name=f"worker-{name}")
+              for pool, argv, name in pool_processes),
             ManagedProcess([_bin("celery"), "-A", "worker.app", "beat", "--loglevel", "INFO",
                             "-s", str(data_dir / "beat-schedule")],
                            logs / "beat.log", env=group("beat"), cwd=REPO_ROOT, name="beat"),

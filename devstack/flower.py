@@ -30,6 +30,10 @@ from devstack.procs import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLOWER_USER = "flower"
+# Flower is a live view: it keeps this many recent tasks (~6 KiB each) in memory and
+# drops the oldest. Its default, 100,000, is ~0.6 GB; history is in the metrics and
+# logs (docs/operations.md, "Flower"). The Procfile and compose pass the same number.
+MAX_TASKS = 2000
 PASSWORD_FILE = REPO_ROOT / ".devstack" / "flower-password"
 READY_TIMEOUT = 60.0
 
@@ -62,7 +66,7 @@ def flower_process(port: int, env: Mapping[str, str], log_path: Path, password: 
     celery = str(Path(sys.executable).with_name("celery"))
     return ManagedProcess(
         [celery, "-A", "worker.app", "flower", "--address=127.0.0.1", f"--port={port}",
-         "--enable_events=False", "--persistent=False"],
+         "--enable_events=False", "--persistent=False", f"--max_tasks={MAX_TASKS}"],
         log_path, env=flower_env, cwd=cwd, name="flower")
 
 

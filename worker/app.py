@@ -1,8 +1,8 @@
 """The worker's Celery application: shared.core.tasks's app with the tasks registered
 and the process-wide concerns (logging, Sentry, correlation ids) wired in.
 
-Run one worker per pool, e.g. celery -A worker.app worker -n fal@%h -Q tryons,tryons_done
--P threads -c 16 (the pools are declared in shared/core/pools.py;
+Run the workers of each pool, e.g. celery -A worker.app worker -n fal@%h
+-Q tryons_done,tryons -P threads -c 8, one per core (the pools are declared in shared/core/pools.py;
 tests/unit/test_process_layout.py keeps the Procfile, compose and the dev stack in step)
 """
 

@@ -53,7 +53,8 @@ def pool_label(pool: Pool) -> str:
 
 def _declared() -> list[Pool]:
     """The declared pools, each with its concurrency resolved (cores for None)."""
-    return [replace(p, concurrency=p.concurrency or os.cpu_count() or 1) for p in POOLS]
+    return [replace(p, concurrency=p.concurrency or os.cpu_count() or 1,
+                    processes=p.processes_per_host()) for p in POOLS]
 
 
 def parse_layout(text: str) -> tuple[Pool, ...]:
@@ -61,7 +62,8 @@ def parse_layout(text: str) -> tuple[Pool, ...]:
     layout declared in shared/core/pools.py, which the dev stack runs), or `pools`
     followed by `;name=kind:C` overrides and `;name=kind:C@q1+q2` additions (queues
     named there leave the pools that had them; a pool left without one is dropped):
-    `pools;fal=threads:32`, `pools;finish=threads:8@tryons_done`."""
+    `pools;fal=threads:32`, `pools;finish=threads:8@tryons_done`; `xN` runs N processes
+    of the pool: `pools;fal=threads:8x2`."""
     head, *changes = text.split(";")
     if head != "pools":
         kind, _, c = head.partition(":")
@@ -73,7 +75,9 @@ def parse_layout(text: str) -> tuple[Pool, ...]:
         name, _, spec = change.partition("=")
         kind_c, _, queues = spec.partition("@")
         kind, _, c = kind_c.partition(":")
-        if kind not in ("prefork", "threads", "solo") or not c.isdigit():
+        c, _, processes = c.partition("x")  # `threads:8x2`: two processes of 8 threads
+        if kind not in ("prefork", "threads", "solo") or not c.isdigit() \
+                or not (processes or "1").isdigit():
             raise argparse.ArgumentTypeError(f"bad pool {change!r} in {text!r}")
         moved = tuple(queues.split("+")) if queues else None
         if moved is None and name not in pools:
@@ -84,6 +88,7 @@ def parse_layout(text: str) -> tuple[Pool, ...]:
         queues_of = moved or pools[name].queues
         base = pools.get(name) or Pool(name, queues_of, kind, None)
         pools[name] = replace(base, kind=kind, concurrency=int(c), queues=queues_of,
+                              processes=int(processes) if processes else base.processes,
                               max_tasks_per_child=base.max_tasks_per_child if kind == "prefork"
                               else None)
     return tuple(p for p in pools.values() if p.queues)

@@ -69,12 +69,14 @@ class Stack:
                  "api.wsgi:app"],
                 self.logs / f"hooks-{n}-{_slug(config.label)}.log", self.env, "hooks",
                 f"{hooks_base}/readyz", READY_TIMEOUT)
-        for pool in config.pools:
+        for pool, i in ((p, i) for p in config.pools for i in range(p.processes_per_host())):
+            name = pool.name + (f"-{i}" if pool.processes_per_host() > 1 else "")
             worker = ManagedProcess(
                 _celery("worker", *pool.worker_argv(), "--loglevel", "INFO",
-                        "-n", f"{pool.name}-bench-{n}@%h"),
-                self.logs / f"worker-{n}-{_slug(config.label)}-{pool.name}.log", env=self.env,
-                cwd=REPO_ROOT, name=f"worker-{pool.name}")
+                        "-n", f"{name}-bench-{n}@%h"),
+                self.logs / f"worker-{n}-{_slug(config.label)}-{name}.log",
+                env={**self.env, **dict(pool.environment)},
+                cwd=REPO_ROOT, name=f"worker-{name}")
             self.workers.append(worker.start_until_ready(
                 lambda w=worker: "ready." in w.log_path.read_text(errors="replace"),  # type: ignore[misc]
                 READY_TIMEOUT, interval=0.3))

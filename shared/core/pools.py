@@ -13,9 +13,10 @@ docs/operations.md ("Worker pools").
   slow leak in a decoder never accumulates.
 - fal: submitting to fal and taking its answer in (webhook, status check, fetching
   and storing the result) is waiting on the network with short bursts of CPU: a
-  threads pool, many at once. Celery's time limits do not run on threads, so every
-  call made there carries its own timeout (shared/core/timeouts.py, and
-  DB_STATEMENT_TIMEOUT_SECONDS for queries); its memory is bounded from outside
+  threads pool, many at once, in one process per core (each process is one GIL).
+  Celery's time limits do not run on threads, so every call made there carries its
+  own timeout (shared/core/timeouts.py, and DB_STATEMENT_TIMEOUT_SECONDS for
+  queries); its memory is bounded from outside
   (the container's or unit's limit), not by an address-space limit, which thread
   stacks and malloc arenas would exhaust long before real memory.
   Its queues are taken in priority order, completions (`tryons_done`) before
@@ -27,6 +28,7 @@ docs/operations.md ("Worker pools").
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from shared.core.task_names import DEFAULT_QUEUE, QUEUES
@@ -60,6 +62,13 @@ class Pool:
     # None: one per core (Celery's default for prefork).
     concurrency: int | None
     max_tasks_per_child: int | None = None
+    # Set in the environment the worker starts with (glibc reads it before Python runs).
+    environment: tuple[tuple[str, str], ...] = ()
+    # Worker processes of this pool on one host; None: one per core.
+    processes: int | None = 1
+
+    def processes_per_host(self) -> int:
+        return self.processes or os.cpu_count() or 1
 
     def worker_argv(self, concurrency: int | None = None) -> list[str]:
         """`celery -A worker.app worker` arguments for this pool (`-n` is the caller's)."""
@@ -76,7 +85,14 @@ POOLS: tuple[Pool, ...] = (
     Pool("validation", ("uploads",), "prefork", None, max_tasks_per_child=200),
     # tryons_done first: a worker takes from its queues in this order (celeryconfig's
     # queue_order_strategy), so a finished job never waits behind new submissions.
-    Pool("fal", ("tryons_done", "tryons"), "threads", 16),
+    # Two malloc arenas: glibc would give each thread that contends one of its own
+    # (up to 8 per core), and the footprint ratcheted up in steps as traffic peaks
+    # woke more threads (docs/performance.md, "Soak").
+    # One process per core, 8 threads each: a process is one GIL, so one process of
+    # 16 threads used at most one core however many were free (docs/performance.md,
+    # "Worker pools by kind": 1,000 try-ons 88 -> 64 s, stage 5a p99 4.1 -> 2.3 s).
+    Pool("fal", ("tryons_done", "tryons"), "threads", 8, processes=None,
+         environment=(("MALLOC_ARENA_MAX", "2"),)),
     Pool("maintenance", ("maintenance", DEFAULT_QUEUE), "prefork", 1, max_tasks_per_child=100),
 )
 POOL_BY_NAME = {pool.name: pool for pool in POOLS}

@@ -130,7 +130,9 @@ def test_ready_and_metrics(stack):
     from shared.core.pools import POOLS
 
     urls = dict(entry.split("=", 1) for entry in stack["metrics"].split())
-    assert set(urls) == {"api", "hooks", "beat", *(f"worker-{pool.name}" for pool in POOLS)}
+    assert set(urls) == {"api", "hooks", "beat", *(
+        f"worker-{pool.name}" + (f"-{i}" if pool.processes_per_host() > 1 else "")
+        for pool in POOLS for i in range(pool.processes_per_host()))}
     assert "upload_issued_total" in httpx.get(urls["api"]).text
     assert "celery_queue_length" in httpx.get(urls["api"]).text
     assert httpx.get(f"{stack['base']}/metrics").status_code == 404
@@ -258,8 +260,9 @@ def test_flower_shows_the_workers_and_a_finished_task(stack):
 
     with httpx.Client(base_url=url, auth=(user, password), timeout=15) as flower:
         workers = flower.get("/api/workers", params={"refresh": "true"}).json()
-        # one worker per pool, each on its own queues, all of them served
-        assert len(workers) == len(POOLS), f"Flower sees {sorted(workers)}"
+        # every worker process of every pool (fal: one per core), all queues served
+        expected = sum(pool.processes_per_host() for pool in POOLS)
+        assert len(workers) == expected, f"Flower sees {sorted(workers)}"
         served = {queue["name"] for worker in workers.values()
                   for queue in worker["active_queues"]}
         assert served == set(ALL_QUEUES)

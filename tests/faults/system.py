@@ -162,7 +162,8 @@ class System:
         return ManagedProcess([_bin("celery"), "-A", "worker.app", "worker",
                                *pool.worker_argv(pool.concurrency or 2),
                                "-n", f"{name}-{self.restarts['worker']}@%h", "--loglevel", "INFO"],
-                              self.logs / f"worker-{name}.log", env=self.env, cwd=REPO, name=name)
+                              self.logs / f"worker-{name}.log",
+                              env={**self.env, **dict(pool.environment)}, cwd=REPO, name=name)
 
     # -- Redis -------------------------------------------------------------------------
     def _start_redis(self) -> None:

@@ -89,6 +89,31 @@ def test_every_pool_runs_as_declared_everywhere():
                 assert option(argv, "-n") == f"{name}@%h", (where, name)
 
 
+def test_every_pool_starts_with_its_declared_environment():
+    """What glibc must read before Python starts (MALLOC_ARENA_MAX for the threads
+    pool) is in the Procfile's export and compose's environment; the dev stack, the
+    fault suite and the benchmarks pass `Pool.environment` itself."""
+    assert dict(POOL_BY_NAME["fal"].environment) == {"MALLOC_ARENA_MAX": "2"}
+    for name, pool in POOL_BY_NAME.items():
+        command = procfile()[f"worker-{name}"]
+        environment = compose_services()[f"worker-{name}"]["environment"]
+        for key, value in pool.environment:
+            assert f"{key}=${{{key}:-{value}}}" in command.split(" && exec ")[0], name
+            assert environment[key] == value, name
+        assert environment["METRICS_PORT"] == "9100", name  # the merge kept the rest
+
+
+def test_flower_keeps_the_same_bounded_task_store_everywhere():
+    from devstack.flower import MAX_TASKS
+
+    assert 0 < MAX_TASKS <= 10_000
+    expected = f"--max_tasks={MAX_TASKS}"
+    assert shlex.split(procfile()["flower"].split(" && exec ")[-1])[-1] == expected
+    assert expected in compose_services()["flower"]["command"]
+    assert expected in (REPO / "devstack" / "flower.py").read_text().replace(
+        "{MAX_TASKS}", str(MAX_TASKS))
+
+
 def test_the_database_connections_of_every_process_stay_under_max_connections():
     """The most connections each shape opens (docs/operations.md, "Database
     connections"), on this machine's core count: under PostgreSQL's default
@@ -99,10 +124,24 @@ def test_the_database_connections_of_every_process_stay_under_max_connections():
     # WEB_CONCURRENCY and HOOKS_CONCURRENCY defaults)
     api = (2 + 2) * max_db_connections("sync", 1)
     for where, commands in worker_commands().items():
+        # Each pool runs as many processes a host as it declares (fal: one per core;
+        # compose writes it as the service's replicas, checked below).
         workers = sum(max_db_connections(option(argv, "-P") or "prefork",
                                          int(option(argv, "-c") or cores))
-                      for argv in commands.values())
+                      * POOL_BY_NAME[name].processes_per_host()
+                      for name, argv in commands.items())
         assert api + workers <= 60, (where, api + workers)
+
+
+def test_a_pool_of_one_process_per_core_says_so_everywhere():
+    """compose has no "per core": its replicas say how many (this machine's cores,
+    2, is what it is written for); the dev stack starts processes_per_host()."""
+    for name, pool in POOL_BY_NAME.items():
+        replicas = compose_services()[f"worker-{name}"].get("deploy", {}).get("replicas", 1)
+        assert replicas == (2 if pool.processes is None else pool.processes), name
+    assert POOL_BY_NAME["fal"].processes is None
+    dev = (REPO / "devstack" / "dev.py").read_text()
+    assert "POOL_BY_NAME[pool].processes_per_host()" in dev
 
 
 def test_compose_runs_a_try_on_in_production_shape():

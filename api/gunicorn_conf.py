@@ -24,6 +24,11 @@ access_log_format = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms rid=%({x-request-id
 # nest"; tests/unit/core/test_timeouts.py keeps 5 s of margin): raise it first.
 timeout = 30
 graceful_timeout = 20
+# gunicorn >= 25.1 opens a control socket for `gunicornc` (resize, reload, shut down)
+# at one path per user: `web` and `hooks` on one host fought over it (the second
+# logged an ERROR at every start), and a command could reach the wrong server.
+# Processes are managed by the PaaS, compose or systemd, never by gunicornc.
+control_socket_disable = True
 
 
 def when_ready(server: Any) -> None:

@@ -170,3 +170,19 @@ def test_every_procfile_entry_runs_with_production_settings_by_default():
     # whose shortcuts (the HS256 dev secret, moto) production refuses.
     for name, command in procfile().items():
         assert command.startswith("export HAIRFLUENCER_ENV=${HAIRFLUENCER_ENV:-production} && "), name
+
+
+def test_web_and_hooks_share_no_gunicorn_control_socket():
+    """Both gunicorns run on one host in the dev stack and may in compose: a control
+    socket at gunicorn's per-user default path would be shared (tests/e2e's stack saw
+    `Control server error: Address ... gunicorn.ctl is already in use`)."""
+    from gunicorn.config import Config
+
+    from api import gunicorn_conf
+
+    config = Config()
+    for name, value in vars(gunicorn_conf).items():
+        if name in config.settings:
+            config.set(name, value)
+    assert "control_socket_disable" in config.settings  # a setting gunicorn knows
+    assert config.control_socket_disable is True

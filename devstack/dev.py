@@ -118,10 +118,8 @@ def running_stack(port: int, data_dir: Path, workers: int = 2, fal_latency: floa
             return group_env
 
         # A pool declared one per core (fal) runs that many processes: worker-fal-0, -1…
-        pool_processes = [(pool, argv, pool + (f"-{i}" if count > 1 else ""))
-                   for pool, argv in pools.items()
-                   for count in [POOL_BY_NAME[pool].processes_per_host()]
-                   for i in range(count)]
+        pool_processes = [(pool, argv, name) for pool, argv in pools.items()
+                          for name in POOL_BY_NAME[pool].process_names()]
         processes = [
             *(ManagedProcess([_bin("celery"), "-A", "worker.app", "worker", *argv,
                               "--loglevel", "INFO", "-n", f"{name}-{port}@%h"],

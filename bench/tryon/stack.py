@@ -69,8 +69,7 @@ class Stack:
                  "api.wsgi:app"],
                 self.logs / f"hooks-{n}-{_slug(config.label)}.log", self.env, "hooks",
                 f"{hooks_base}/readyz", READY_TIMEOUT)
-        for pool, i in ((p, i) for p in config.pools for i in range(p.processes_per_host())):
-            name = pool.name + (f"-{i}" if pool.processes_per_host() > 1 else "")
+        for pool, name in ((p, name) for p in config.pools for name in p.process_names()):
             worker = ManagedProcess(
                 _celery("worker", *pool.worker_argv(), "--loglevel", "INFO",
                         "-n", f"{name}-bench-{n}@%h"),

@@ -70,6 +70,11 @@ class Pool:
     def processes_per_host(self) -> int:
         return self.processes or os.cpu_count() or 1
 
+    def process_names(self) -> list[str]:
+        """A name for each of its processes on a host: `fal-0`, `fal-1`; `maintenance`."""
+        count = self.processes_per_host()
+        return [self.name] if count == 1 else [f"{self.name}-{i}" for i in range(count)]
+
     def worker_argv(self, concurrency: int | None = None) -> list[str]:
         """`celery -A worker.app worker` arguments for this pool (`-n` is the caller's)."""
         argv = ["-Q", ",".join(self.queues), "-P", self.kind]

@@ -61,11 +61,10 @@ def render(data: bytes, max_pixels: int) -> Rendered:
                                        sha256=hashlib.sha256(data).hexdigest())
                 image.draft("RGB", THUMBNAIL_SIZE)
                 image.load()
-                thumb_image = image.convert("RGB")
             else:
                 image.load()
                 clean = sanitize(image)
-                thumb_image = image.convert("RGB")
+            thumb_image = image.convert("RGB")
             thumb_image.thumbnail(THUMBNAIL_SIZE)
             thumb = sanitize(thumb_image)
     except (OSError, SyntaxError, ValueError, ImageRejected, Image.DecompressionBombError):

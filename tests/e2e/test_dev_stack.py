@@ -131,8 +131,7 @@ def test_ready_and_metrics(stack):
 
     urls = dict(entry.split("=", 1) for entry in stack["metrics"].split())
     assert set(urls) == {"api", "hooks", "beat", *(
-        f"worker-{pool.name}" + (f"-{i}" if pool.processes_per_host() > 1 else "")
-        for pool in POOLS for i in range(pool.processes_per_host()))}
+        f"worker-{name}" for pool in POOLS for name in pool.process_names())}
     assert "upload_issued_total" in httpx.get(urls["api"]).text
     assert "celery_queue_length" in httpx.get(urls["api"]).text
     assert httpx.get(f"{stack['base']}/metrics").status_code == 404

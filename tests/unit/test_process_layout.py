@@ -135,13 +135,13 @@ def test_the_database_connections_of_every_process_stay_under_max_connections():
 
 def test_a_pool_of_one_process_per_core_says_so_everywhere():
     """compose has no "per core": its replicas say how many (this machine's cores,
-    2, is what it is written for); the dev stack starts processes_per_host()."""
+    2, is what it is written for); the dev stack starts one per process_names()."""
     for name, pool in POOL_BY_NAME.items():
         replicas = compose_services()[f"worker-{name}"].get("deploy", {}).get("replicas", 1)
         assert replicas == (2 if pool.processes is None else pool.processes), name
     assert POOL_BY_NAME["fal"].processes is None
     dev = (REPO / "devstack" / "dev.py").read_text()
-    assert "POOL_BY_NAME[pool].processes_per_host()" in dev
+    assert "POOL_BY_NAME[pool].process_names()" in dev
 
 
 def test_compose_runs_a_try_on_in_production_shape():
@@ -186,3 +186,12 @@ def test_web_and_hooks_share_no_gunicorn_control_socket():
             config.set(name, value)
     assert "control_socket_disable" in config.settings  # a setting gunicorn knows
     assert config.control_socket_disable is True
+
+
+def test_each_process_of_a_pool_has_a_name_of_its_own():
+    from dataclasses import replace
+
+    fal = POOL_BY_NAME["fal"]
+    assert replace(fal, processes=2).process_names() == ["fal-0", "fal-1"]
+    assert POOL_BY_NAME["maintenance"].process_names() == ["maintenance"]
+    assert len(fal.process_names()) == fal.processes_per_host() == (os.cpu_count() or 1)

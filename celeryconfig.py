@@ -34,7 +34,10 @@ broker_connection_timeout = 2
 task_default_queue = tasks.DEFAULT_QUEUE
 task_routes = {name: {"queue": queue} for name, queue in tasks.QUEUES.items()}
 worker_send_task_events = True
-task_send_sent_event = True
+# No `task-sent` event: nothing reads it (Flower's task list needs only the workers'
+# events), and it cost a broker publish for every task sent, in the API's request,
+# the webhook listener's and each task that sends a follow-up.
+task_send_sent_event = False
 worker_hijack_root_logger = False
 
 _every = float(_settings.beat_interval_seconds)

@@ -30,10 +30,10 @@ from devstack.procs import ManagedProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FLOWER_USER = "flower"
-# Flower is a live view: it keeps this many recent tasks (~6 KiB each) in memory and
+# Flower is a live view: it keeps this many recent tasks (~10 KiB each) in memory and
 # drops the oldest. Its default, 100,000, is ~0.6 GB; history is in the metrics and
 # logs (docs/operations.md, "Flower"). The Procfile and compose pass the same number.
-MAX_TASKS = 2000
+MAX_TASKS = 1000
 PASSWORD_FILE = REPO_ROOT / ".devstack" / "flower-password"
 READY_TIMEOUT = 60.0
 

@@ -17,7 +17,7 @@ from sqlalchemy import update
 
 from shared.core import audit, metrics
 from shared.core.db import updated_rows
-from shared.core.task_names import RUN_TRYON, TRYON_DEADLINE
+from shared.core.task_names import RUN_TRYON
 from shared.fal.gateway import FalFailure, cancel_quietly
 from shared.models import JobStatus, TryOn
 from shared.services import Services
@@ -105,12 +105,13 @@ def fail(svc: Services, job: TryOn, code: str, *, attempt: int | None = None,
 
 
 def enforce_deadline(svc: Services, job_id: str) -> list[FollowUp]:
+    """The reconciler found the job past its deadline: cancel and fail it. Early by
+    this process's clock (the beat's runs ahead), it is left to the next pass."""
     job = load_job(svc, job_id)
     if job is None or job.status not in JobStatus.IN_FLIGHT or job.deadline_at is None:
         return []
-    remaining = (job.deadline_at - svc.clock()).total_seconds()
-    if remaining > 0:
-        return [FollowUp(TRYON_DEADLINE, (job_id,), remaining + 1)]
+    if svc.clock() < job.deadline_at:
+        return []
     return time_out(svc, job)
 
 

@@ -13,7 +13,7 @@ or by a status check (shared/tryons/completion.py).
   given to report before the job is submitted again.
 - The deadline counts from the first submission fal accepted, and every submission
   carries fal's start timeout, so a request fal has not started in time is dropped
-  unbilled instead of running after we gave up.
+  unbilled instead of running after we gave up. The reconciler enforces it.
 - Before that, `submit_bound` bounds the job: one that fal has not accepted by then
   is failed (here, and by the reconciler), so even a job whose run keeps raising
   before its claim ends, and no longer holds its selfie past its deadline.
@@ -32,7 +32,7 @@ from sqlalchemy import or_, update
 from shared.core import audit, metrics
 from shared.core.config import Settings
 from shared.core.db import updated_rows
-from shared.core.task_names import POLL_TRYON, RUN_TRYON, TRYON_DEADLINE
+from shared.core.task_names import POLL_TRYON, RUN_TRYON
 from shared.fal.gateway import FalFailure, cancel_quietly
 from shared.fal.webhooks import webhook_url
 from shared.models import JobStatus, TryOn, Upload, UploadStatus
@@ -191,10 +191,9 @@ def _submit(svc: Services, job: TryOn, upload: Upload, prompt: str,
              (time.perf_counter() - started) * 1000)
     if not recorded:
         return _submission_orphaned(svc, job.id, attempt, request_id)
-    follow = [] if hook else [FollowUp(POLL_TRYON, (job.id, attempt), s.fal_poll_seconds)]
-    if job.deadline_at is None:
-        follow.append(FollowUp(TRYON_DEADLINE, (job.id,), s.fal_deadline_seconds + 1))
-    return follow
+    # The deadline needs no message of its own: the reconciler finds every job past
+    # it (docs/design.md, "Deadline").
+    return [] if hook else [FollowUp(POLL_TRYON, (job.id, attempt), s.fal_poll_seconds)]
 
 
 def _submit_failed(svc: Services, job: TryOn, attempt: int, failure: FalFailure,

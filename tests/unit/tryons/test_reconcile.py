@@ -57,12 +57,15 @@ def test_a_claim_whose_lease_ended_is_handed_to_run_which_takes_it_over(harness:
 
 def test_a_job_past_its_deadline_is_failed_and_its_request_canceled(harness: Harness):
     job, request_id, follow = harness.submitted_job()
-    deadline = [f for f in follow if f.task == TRYON_DEADLINE][0]
-    harness.advance(deadline.countdown - 2)
-    [again] = enforce_deadline(harness.svc, job.id)  # early: look again when it is due
-    assert (again.task, again.countdown) == (TRYON_DEADLINE, 2)
+    assert TRYON_DEADLINE not in [f.task for f in follow]  # no message held until then
+    harness.advance(harness.svc.settings.fal_deadline_seconds - 1)
+    assert TRYON_DEADLINE not in [f.task for f in reconcile(harness.svc)]
+    assert enforce_deadline(harness.svc, job.id) == []  # early (by this clock): left alone
+    assert harness.job(job.id).status == JobStatus.PROCESSING
     harness.advance(2)
-    assert reconcile(harness.svc) == []
+    [deadline] = [f for f in reconcile(harness.svc) if f.task == TRYON_DEADLINE]
+    assert (deadline.args, deadline.countdown) == ((job.id,), 0.0)
+    assert enforce_deadline(harness.svc, job.id) == []
     row = harness.job(job.id)
     assert (row.status, row.error_code) == (JobStatus.FAILED, "fal.timeout")
     assert harness.fal.canceled == [request_id]
@@ -83,6 +86,7 @@ def test_a_cancel_that_fails_does_not_keep_the_job_from_failing(harness: Harness
     job, request_id, _ = harness.submitted_job()
     harness.fal.cancel_failure = FalFailure("fal.unavailable", retriable=True, status=503)
     harness.advance(harness.svc.settings.fal_deadline_seconds + 1)
-    reconcile(harness.svc)
+    [deadline] = [f for f in reconcile(harness.svc) if f.task == TRYON_DEADLINE]
+    enforce_deadline(harness.svc, *deadline.args)
     assert harness.job(job.id).status == JobStatus.FAILED
     assert harness.fal.canceled == [request_id]

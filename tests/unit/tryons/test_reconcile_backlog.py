@@ -9,9 +9,15 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from shared.core.broker_view import BrokerUnreadable, Pending
-from shared.core.task_names import COMPLETE_TRYON, POLL_TRYON, RUN_TRYON, VALIDATE_UPLOAD
+from shared.core.task_names import (
+    COMPLETE_TRYON,
+    POLL_TRYON,
+    RUN_TRYON,
+    TRYON_DEADLINE,
+    VALIDATE_UPLOAD,
+)
 from shared.tryons.reconcile import QUEUED_GRACE, reconcile
-from shared.tryons.state import SILENT_AFTER
+from shared.tryons.state import SILENT_AFTER, enforce_deadline
 from shared.uploads.retention import resend_stale_validations
 from shared.uploads.use_cases import confirm
 from tests.unit.harness import Harness
@@ -43,7 +49,8 @@ def test_a_queued_job_whose_run_waits_in_the_queue_is_not_sent_again(harness: Ha
     _with_broker(harness, broker)
     harness.advance(QUEUED_GRACE * 30)  # a long backlog
     assert reconcile(harness.svc) == []
-    assert broker.asked == [(("tryons", "tryons_done"), (RUN_TRYON, POLL_TRYON, COMPLETE_TRYON))]
+    assert broker.asked == [(("tryons", "tryons_done"),
+                             (RUN_TRYON, POLL_TRYON, COMPLETE_TRYON, TRYON_DEADLINE))]
     # its message is gone (Redis restarted empty, or a dead worker held it): sent again
     broker.held = {}
     follow = reconcile(harness.svc)
@@ -73,9 +80,14 @@ def test_a_submitted_job_whose_answer_waits_is_not_asked_about(harness: Harness)
 
 def test_the_deadline_is_enforced_whatever_waits_in_the_broker(harness: Harness):
     job, _, _ = harness.submitted_job()
-    _with_broker(harness, BrokerHolding({COMPLETE_TRYON: {job.id}}))
+    broker = BrokerHolding({COMPLETE_TRYON: {job.id}})
+    _with_broker(harness, broker)
     harness.advance(harness.svc.settings.fal_deadline_seconds + 1)
-    reconcile(harness.svc)
+    assert [(f.task, f.args) for f in reconcile(harness.svc)] == [(TRYON_DEADLINE, (job.id,))]
+    # Its deadline task waiting in a backlog is not sent again by the next pass.
+    broker.held = {COMPLETE_TRYON: {job.id}, TRYON_DEADLINE: {job.id}}
+    assert reconcile(harness.svc) == []
+    enforce_deadline(harness.svc, job.id)
     assert harness.job(job.id).error_code == "fal.timeout"
 
 

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from sqlalchemy import update
 
-from shared.core.task_names import POLL_TRYON, RUN_TRYON, TRYON_DEADLINE
+from shared.core.task_names import POLL_TRYON, RUN_TRYON
 from shared.fal.completions import Completion
 from shared.fal.gateway import FalFailure
 from shared.fal.webhooks import job_token
@@ -42,10 +42,9 @@ def test_an_accepted_submission_puts_the_job_in_processing(harness: Harness):
     assert row.due_at == START + submission.SILENT_AFTER  # asked about if no news comes
     upload = harness.upload(job.upload_id)
     assert row.source_sha256 == upload.sanitized_sha256
-    # Without webhooks, fal is polled; the deadline is enforced either way.
+    # Without webhooks, fal is polled; the reconciler keeps the deadline either way.
     assert [(f.task, f.args, f.countdown) for f in follow] == [
-        (POLL_TRYON, (job.id, 1), s.fal_poll_seconds),
-        (TRYON_DEADLINE, (job.id,), s.fal_deadline_seconds + 1)]
+        (POLL_TRYON, (job.id, 1), s.fal_poll_seconds)]
     [sent] = harness.fal.submissions
     assert sent.webhook_url is None
     assert sent.arguments["prompt"].startswith(catalogue()["bob"].prompt)
@@ -63,7 +62,7 @@ def test_with_webhooks_the_url_names_job_and_attempt_and_nothing_is_polled(harne
     job = harness.start_job()
     harness.fal.accept()
     follow = submission.run(harness.svc, job.id)
-    assert [f.task for f in follow] == [TRYON_DEADLINE]
+    assert follow == []
     url = harness.fal.submissions[0].webhook_url
     assert url is not None and url.startswith("https://api.example.com/v1/webhooks/fal?")
     query = parse_qs(urlsplit(url).query)

@@ -66,11 +66,10 @@ def test_tryons_run_sends_its_follow_ups(harness: Harness):
     job = tryons.start(harness.svc, "alice", upload_id=upload.id, key=None, hairstyle_id="bob",
                        prompt=None, locale="en")
     request_id = harness.fal.accept()
-    assert harness.run_sent(names.RUN_TRYON) == [2]  # follow-ups sent
+    assert harness.run_sent(names.RUN_TRYON) == [1]  # follow-ups sent
     s = harness.svc.settings
     assert [(x.task, x.args, x.countdown) for x in harness.dispatch.sent] == [
-        (names.POLL_TRYON, (job.id, 1), s.fal_poll_seconds),
-        (names.TRYON_DEADLINE, (job.id,), s.fal_deadline_seconds + 1)]
+        (names.POLL_TRYON, (job.id, 1), s.fal_poll_seconds)]
     assert harness.job(job.id).fal_request_id == request_id
 
 
@@ -87,11 +86,10 @@ def test_a_try_on_from_start_to_result_through_the_tasks(harness: Harness):
     harness.run_sent(names.RUN_TRYON)
     harness.fal.running(request_id)
     harness.run_sent(names.POLL_TRYON)
-    assert [x.task for x in harness.dispatch.sent] == [names.TRYON_DEADLINE, names.POLL_TRYON]
+    assert [x.task for x in harness.dispatch.sent] == [names.POLL_TRYON]
     harness.fal.finish(request_id)
     harness.run_sent(names.POLL_TRYON)
     assert harness.job(job.id).status == JobStatus.SUCCEEDED
-    assert harness.run_sent(names.TRYON_DEADLINE) == [0]  # done: no follow-up
     assert harness.dispatch.sent == []
 
 
@@ -112,7 +110,10 @@ def test_the_beat_s_passes(harness: Harness):
     harness.svc.upload_store.put_bytes("sanitized/alice/00000000-0000-4000-8000-000000000000.jpg",
                                        b"x", content_type="image/jpeg")
     harness.advance(hours=1)
-    assert harness.run_task(names.RECONCILE_TRYONS) == 0  # past its deadline: failed
+    assert harness.run_task(names.RECONCILE_TRYONS) == 1  # past its deadline
+    assert [(x.task, x.args) for x in harness.dispatch.take()] == [
+        (names.TRYON_DEADLINE, (job.id,))]
+    assert harness.run_task(names.TRYON_DEADLINE, job.id) == 0  # failed: nothing more
     assert harness.job(job.id).error_code == "fal.timeout"
     assert harness.fal.canceled == [request_id]
     assert harness.run_task(names.REMOVE_ORPHANS) == 1

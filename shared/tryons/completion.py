@@ -33,7 +33,14 @@ from shared.storage.keys import TEMPORARY
 from shared.tryons import results
 from shared.tryons.result_download import download_result
 from shared.tryons.retention import result_deadline
-from shared.tryons.state import FollowUp, after_failure, load_job, sync_tags_quietly, time_out
+from shared.tryons.state import (
+    FollowUp,
+    after_failure,
+    load_job,
+    past_deadline,
+    sync_tags_quietly,
+    time_out,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +173,7 @@ def poll(svc: Services, job_id: str, attempt: int, *, reschedule: bool = True) -
         return []
     again = [FollowUp(POLL_TRYON, (job_id, attempt), svc.settings.fal_poll_seconds)] \
         if reschedule else []
-    if job.deadline_at is not None and svc.clock() >= job.deadline_at:
+    if past_deadline(job, svc.clock()):
         return time_out(svc, job)  # without webhooks this check is the first to know
     if not job.fal_request_id:
         return again

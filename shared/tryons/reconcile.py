@@ -27,7 +27,7 @@ from shared.core.broker_view import Pending
 from shared.core.task_names import COMPLETE_TRYON, POLL_TRYON, RUN_TRYON, TRYON_DEADLINE
 from shared.models import JobStatus, TryOn
 from shared.services import Services
-from shared.tryons.state import SILENT_AFTER, FollowUp, fail
+from shared.tryons.state import SILENT_AFTER, FollowUp, fail, past_deadline
 from shared.tryons.submission import past_submit_bound
 
 # A queued job whose run was due this long ago, and whose message is not in the
@@ -56,7 +56,7 @@ def reconcile(svc: Services) -> list[FollowUp]:
     resent: list[str] = []
     asked: list[str] = []
     for job in jobs:
-        if job.deadline_at is not None and now >= job.deadline_at:
+        if past_deadline(job, now):
             if job.id not in in_broker.get(TRYON_DEADLINE, ()):
                 follow.append(FollowUp(TRYON_DEADLINE, (job.id,)))
         elif past_submit_bound(svc, job, now):

@@ -104,13 +104,15 @@ def fail(svc: Services, job: TryOn, code: str, *, attempt: int | None = None,
     log.warning("job %s failed: %s %s", job.id, code, detail)
 
 
+def past_deadline(job: TryOn, now: datetime) -> bool:
+    return job.deadline_at is not None and now >= job.deadline_at
+
+
 def enforce_deadline(svc: Services, job_id: str) -> list[FollowUp]:
     """The reconciler found the job past its deadline: cancel and fail it. Early by
     this process's clock (the beat's runs ahead), it is left to the next pass."""
     job = load_job(svc, job_id)
-    if job is None or job.status not in JobStatus.IN_FLIGHT or job.deadline_at is None:
-        return []
-    if svc.clock() < job.deadline_at:
+    if job is None or job.status not in JobStatus.IN_FLIGHT or not past_deadline(job, svc.clock()):
         return []
     return time_out(svc, job)
 

@@ -44,6 +44,7 @@ from shared.tryons.state import (
     after_failure,
     fail,
     load_job,
+    past_deadline,
     seconds_until,
     time_out,
 )
@@ -122,7 +123,7 @@ def run(svc: Services, job_id: str) -> list[FollowUp]:
             session.execute(update(TryOn).where(TryOn.id == job.id, TryOn.status == JobStatus.QUEUED)
                             .values(due_at=now + timedelta(seconds=UPLOAD_WAIT_STEP_SECONDS)))
         return [FollowUp(RUN_TRYON, (job.id,), UPLOAD_WAIT_STEP_SECONDS)]
-    if job.deadline_at is not None and now >= job.deadline_at:
+    if past_deadline(job, now):
         return time_out(svc, job)
     if job.attempt >= MAX_ATTEMPTS:
         fail(svc, job, "fal.unavailable", detail="too many attempts")

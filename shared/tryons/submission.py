@@ -27,7 +27,7 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 
 from shared.core import audit, metrics
 from shared.core.config import Settings
@@ -83,7 +83,7 @@ def past_submit_bound(svc: Services, job: TryOn, now: datetime) -> bool:
 
 
 def run(svc: Services, job_id: str) -> list[FollowUp]:
-    job = load_job(svc, job_id)
+    job, upload = _load_with_upload(svc, job_id)
     if job is None or job.status not in JobStatus.IN_FLIGHT:
         return []
     now = svc.clock()
@@ -107,8 +107,6 @@ def run(svc: Services, job_id: str) -> list[FollowUp]:
         # nothing could ever run it, so it ends now instead of being sent again.
         fail(svc, job, RETIRED, detail=f"hairstyle {job.hairstyle_id} is gone")
         return []
-    with svc.sessions() as session:
-        upload = session.get(Upload, job.upload_id)
     if upload is None or upload.status in (UploadStatus.DELETED, UploadStatus.EXPIRED):
         fail(svc, job, "upload.not_found")
         return []
@@ -129,6 +127,15 @@ def run(svc: Services, job_id: str) -> list[FollowUp]:
         fail(svc, job, "fal.unavailable", detail="too many attempts")
         return []
     return _submit(svc, job, upload, prompt, now)
+
+
+def _load_with_upload(svc: Services, job_id: str) -> tuple[TryOn | None, Upload | None]:
+    """The job and its upload, which every run that goes ahead reads: one query (two
+    sessions were a pool check-out, BEGIN, SELECT and ROLLBACK each)."""
+    with svc.sessions() as session:
+        row = session.execute(select(TryOn, Upload).outerjoin(Upload, Upload.id == TryOn.upload_id)
+                              .where(TryOn.id == job_id)).one_or_none()
+    return (row[0], row[1]) if row is not None else (None, None)
 
 
 def _start_timeout(svc: Services, job: TryOn, now: datetime) -> float:

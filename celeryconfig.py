@@ -2,12 +2,16 @@
 the broker. Values that differ per deployment come from shared.core.config."""
 
 from shared.core import task_names as tasks
+from shared.core.broker_transport import transport_for
 from shared.core.config import get_settings
 from shared.core.timeouts import broker_transport_options as broker_transport_options_for
 
 _settings = get_settings()
 
 broker_url = _settings.celery_broker_url
+# kombu's Redis transport without a new client object per publish and ack
+# (shared/core/broker_transport.py); None keeps kombu's choice by the URL's scheme.
+broker_transport = transport_for(broker_url)
 result_backend = None
 task_ignore_result = True
 task_serializer = "json"

@@ -24,7 +24,7 @@ from sqlalchemy import delete, func, or_, select, update
 
 from shared.access import daily_quota
 from shared.core import audit, metrics
-from shared.core.db import updated_rows
+from shared.core.db import execute_dml, updated_rows
 from shared.core.leases import LeaseKeeper
 from shared.core.task_names import ERASE_USER
 from shared.models import ErasureRequest, ErasureStatus, TryOn, Upload
@@ -108,7 +108,7 @@ def _release(svc: Services, erasure_id: str, owner: str, error: str) -> None:
     """Hand a failed run back: due again after RESEND_AFTER if the retry is lost."""
     try:
         with svc.sessions.begin() as session:
-            session.execute(update(ErasureRequest).where(
+            execute_dml(session, update(ErasureRequest).where(
                 ErasureRequest.id == erasure_id, ErasureRequest.lease_owner == owner).values(
                 lease_owner=None, lease_until=svc.clock() + RESEND_AFTER, last_error=error[:64]))
     except Exception as exc:  # noqa: BLE001 - the lease lapses by itself
@@ -146,7 +146,7 @@ def _erase_upload(svc: Services, upload_id: str) -> int:
         # an object its row never recorded.
         for key in {upload.key, sanitized_key(upload.user_id, upload.id)}:
             svc.upload_store.delete(key)
-        session.execute(delete(Upload).where(Upload.id == upload.id))
+        execute_dml(session, delete(Upload).where(Upload.id == upload.id))
         audit.record(session, at=svc.clock(), user_id=upload.user_id, action="upload.deleted",
                      subject_type="upload", subject_id=upload.id, reason="erasure")
     return 1

@@ -23,7 +23,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.core import audit, metrics
-from shared.core.db import updated_rows
+from shared.core.db import execute_dml, updated_rows
 from shared.core.task_names import POLL_TRYON
 from shared.fal.completions import Completion
 from shared.fal.gateway import FalFailure, cancel_quietly, classify_completion_error
@@ -145,7 +145,7 @@ def _succeed(svc: Services, job_id: str, attempt: int, rendered: results.Rendere
             return None
         if svc.settings.delete_selfie_after_job:
             # Schedules the selfie's deletion: the retention pass removes it next.
-            session.execute(update(Upload).where(Upload.id == job.upload_id)
+            execute_dml(session, update(Upload).where(Upload.id == job.upload_id)
                             .values(delete_after=now))
         # `job_attempt` and the request id let a result arriving after a deletion
         # be told apart from this one (see `_result_after_the_end`).

@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 
 from shared.core.broker_view import Pending
+from shared.core.db import execute_dml
 from shared.core.task_names import COMPLETE_TRYON, POLL_TRYON, RUN_TRYON, TRYON_DEADLINE
 from shared.models import JobStatus, TryOn
 from shared.services import Services
@@ -77,10 +78,10 @@ def reconcile(svc: Services) -> list[FollowUp]:
     # Marked, so that the next pass waits for these messages instead of doubling them.
     with svc.sessions.begin() as session:
         if resent:
-            session.execute(update(TryOn).where(TryOn.id.in_(resent),
+            execute_dml(session, update(TryOn).where(TryOn.id.in_(resent),
                                                 TryOn.status == JobStatus.QUEUED).values(due_at=now))
         if asked:
-            session.execute(update(TryOn).where(TryOn.id.in_(asked),
+            execute_dml(session, update(TryOn).where(TryOn.id.in_(asked),
                                                 TryOn.status == JobStatus.PROCESSING)
                             .values(due_at=now + SILENT_AFTER))
     return follow

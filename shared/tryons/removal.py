@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import delete, select
 
 from shared.core import audit
+from shared.core.db import execute_dml
 from shared.fal.gateway import cancel_quietly
 from shared.models import JobStatus, TryOn
 from shared.services import Services
@@ -22,7 +23,7 @@ def erase_job(svc: Services, job_id: str, *, reason: str) -> bool:
             return False
         # The objects first: if storage fails, the row (and the client's retry) stays.
         results.delete_objects(svc, job.user_id, job.id)
-        session.execute(delete(TryOn).where(TryOn.id == job.id))
+        execute_dml(session, delete(TryOn).where(TryOn.id == job.id))
         audit.record(session, at=svc.clock(), user_id=job.user_id, action="tryon.deleted",
                      subject_type="try_on", subject_id=job.id, reason=reason)
         in_flight_request = job.fal_request_id if job.status in JobStatus.IN_FLIGHT else None

@@ -9,7 +9,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from shared.access import daily_quota
-from shared.core.db import updated_rows
+from shared.core.db import execute_dml, updated_rows
 from shared.models import TryOn
 from shared.services import Services
 from shared.tryons.removal import erase_job
@@ -39,7 +39,7 @@ def release_idempotency_keys(svc: Services) -> int:
 def release_expired_key(session: Session, user_id: str, key_hash: str, now: datetime) -> None:
     """The user's key, if its window ended and the beat has not released it yet:
     the new job may take it (the unique index would refuse it otherwise)."""
-    session.execute(update(TryOn).where(
+    execute_dml(session, update(TryOn).where(
         TryOn.user_id == user_id, TryOn.idempotency_key == key_hash,
         TryOn.created_at < now - IDEMPOTENCY_WINDOW).values(idempotency_key=None))
 

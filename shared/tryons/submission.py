@@ -31,7 +31,7 @@ from sqlalchemy import or_, select, update
 
 from shared.core import audit, metrics
 from shared.core.config import Settings
-from shared.core.db import updated_rows
+from shared.core.db import execute_dml, updated_rows
 from shared.core.task_names import POLL_TRYON, RUN_TRYON
 from shared.fal.gateway import FalFailure, cancel_quietly
 from shared.fal.webhooks import webhook_url
@@ -118,7 +118,7 @@ def run(svc: Services, job_id: str) -> list[FollowUp]:
             fail(svc, job, "upload.not_ready")
             return []
         with svc.sessions.begin() as session:
-            session.execute(update(TryOn).where(TryOn.id == job.id, TryOn.status == JobStatus.QUEUED)
+            execute_dml(session, update(TryOn).where(TryOn.id == job.id, TryOn.status == JobStatus.QUEUED)
                             .values(due_at=now + timedelta(seconds=UPLOAD_WAIT_STEP_SECONDS)))
         return [FollowUp(RUN_TRYON, (job.id,), UPLOAD_WAIT_STEP_SECONDS)]
     if past_deadline(job, now):

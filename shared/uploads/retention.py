@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, or_, select, update
 
 from shared.core import audit
-from shared.core.db import updated_rows
+from shared.core.db import execute_dml, updated_rows
 from shared.core.task_names import VALIDATE_UPLOAD
 from shared.models import JobStatus, TryOn, Upload, UploadStatus
 from shared.services import Services
@@ -51,7 +51,7 @@ def resend_stale_validations(svc: Services) -> int:
     with svc.sessions.begin() as session:
         # The lapsed claim is cleared (its worker is gone; a new delivery may claim),
         # and the next re-send waits for this one.
-        session.execute(update(Upload).where(
+        execute_dml(session, update(Upload).where(
             Upload.id.in_(ids), Upload.status == UploadStatus.VALIDATING,
             or_(Upload.validation_lease_until.is_(None), Upload.validation_lease_until < now))
             .values(validation_owner=None, validation_lease_until=now + timedelta(
@@ -91,7 +91,7 @@ def purge_raw_objects(svc: Services) -> int:
     for upload in rows:
         svc.upload_store.delete(upload.key)
         with svc.sessions.begin() as session:
-            session.execute(update(Upload).where(Upload.id == upload.id)
+            execute_dml(session, update(Upload).where(Upload.id == upload.id)
                             .values(raw_purged_at=now))
     return len(rows)
 

@@ -20,7 +20,7 @@ from sqlalchemy import insert, select, update
 from shared.access import daily_quota
 from shared.access.erasure_lock import refuse_while_erasing
 from shared.core import audit, metrics
-from shared.core.db import updated_rows
+from shared.core.db import execute_dml, updated_rows
 from shared.core.errors import AppError
 from shared.core.ownership import get_owned, page_owned
 from shared.core.pagination import Page
@@ -223,7 +223,7 @@ def delete_upload(svc: Services, upload_id: str, *, reason: str,
             return False
         now = svc.clock()
         erase_objects(svc, upload, now)
-        session.execute(update(Upload).where(Upload.id == upload.id).values(
+        execute_dml(session, update(Upload).where(Upload.id == upload.id).values(
             status=UploadStatus.DELETED, deleted_at=now))
         audit.record(session, at=now, user_id=upload.user_id, action="upload.deleted",
                      subject_type="upload", subject_id=upload.id, reason=reason)

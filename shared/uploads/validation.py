@@ -38,7 +38,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from shared.core import audit, metrics
-from shared.core.db import updated_rows
+from shared.core.db import execute_dml, updated_rows
 from shared.core.leases import LeaseKeeper
 from shared.images.sanitize import ImageRejected, SanitizedImage, inspect_and_decode, sanitize
 from shared.images.scanners import run_scanners
@@ -186,7 +186,7 @@ def _release(svc: Services, upload_id: str, claim: str, *, crashed: bool) -> Non
     rejected after three, like an image that kills its worker."""
     try:
         with svc.sessions.begin() as session:
-            session.execute(update(Upload).where(
+            execute_dml(session, update(Upload).where(
                 Upload.id == upload_id, Upload.validation_owner == claim).values(
                 validation_owner=None,
                 validation_crashes=Upload.validation_crashes - (0 if crashed else 1),
@@ -243,7 +243,7 @@ def _finish(svc: Services, upload_id: str, *, clean: SanitizedImage | None = Non
         key = sanitized_key(upload.user_id, upload.id)
         with _timed(timings if timings is not None else {}, "store"):
             svc.upload_store.put_bytes(key, clean.data, content_type="image/jpeg")
-        session.execute(update(Upload).where(Upload.id == upload.id).values(
+        execute_dml(session, update(Upload).where(Upload.id == upload.id).values(
             status=UploadStatus.READY, validated_at=now, sanitized_key=key,
             sanitized_sha256=clean.sha256, width=clean.width, height=clean.height,
             validation_owner=None, validation_crashes=0, validation_lease_until=None))
@@ -263,7 +263,7 @@ def _locked(session: Session, upload_id: str) -> Upload | None:
 def _reject(svc: Services, session: Session, upload: Upload, rejection: Rejection,
             now: datetime) -> None:
     remove_raw_bytes(svc, upload, now)
-    session.execute(update(Upload).where(Upload.id == upload.id).values(
+    execute_dml(session, update(Upload).where(Upload.id == upload.id).values(
         status=UploadStatus.REJECTED, validated_at=now, rejection_code=rejection.code,
         validation_owner=None, validation_lease_until=None))
     audit.record(session, at=now, user_id=upload.user_id, action="upload.rejected",

@@ -67,9 +67,12 @@ def _replace_if_closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> 
     first statement is sent: SQLAlchemy reconnects on DisconnectionError.
 
     Checked without a round trip. A server that ends a session writes its reason and
-    closes the socket, so an idle connection that has anything to read is closing (we
-    never LISTEN: nothing else arrives unasked). Pre-ping's `SELECT 1` cost a round trip
-    per checkout, several per request and task (docs/performance.md). A connection
+    closes the socket, so an idle connection that has anything to read is closing:
+    nothing else arrives unasked (we never LISTEN, and PostgreSQL's TLS sends neither
+    session tickets nor renegotiations). Whatever was read is not trusted: libpq
+    swallows the goodbye without failing until the close arrives, so a false alarm
+    costs a reconnect, never an error. Pre-ping's `SELECT 1` cost a round trip per
+    checkout, several per request and task (docs/performance.md). A connection
     cut in the microseconds between this check and the first statement fails that
     statement as before: a transient error (the API answers 503, tasks retry)."""
     if dbapi_conn.closed or dbapi_conn.broken:

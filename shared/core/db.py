@@ -75,6 +75,8 @@ def _replace_if_closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> 
     checkout, several per request and task (docs/performance.md). A connection
     cut in the microseconds between this check and the first statement fails that
     statement as before: a transient error (the API answers 503, tasks retry)."""
+    if not isinstance(dbapi_conn, psycopg.Connection):
+        return  # another driver: its own ways (only psycopg is installed)
     if dbapi_conn.closed or dbapi_conn.broken:
         raise exc.DisconnectionError("the connection is closed")
     try:
